@@ -1,0 +1,94 @@
+"""Adapter for diffusers' WanPipeline (Wan2.1 text-to-video: 14B sketches, 1.3B renders).
+
+Wan 14B and 1.3B share the VAE, the umT5 text encoder and the flow-matching
+parametrization, so the renderer takes the host's arguments unchanged and its velocity
+prediction is used as is. Each model computes its own rotary embeddings from its own
+config inside `forward`, so head counts and head dims may differ freely.
+
+CFG: the pipeline calls the transformer twice per step (cond, uncond) under
+`cache_context("cond")` / `cache_context("uncond")`; the runtime keeps both calls of a
+step on one model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import UnsupportedPipelineError
+from ..hookspecs import hookimpl
+from .base import Adapter, config_mismatches, flow_x0
+
+#: config entries that must agree between sketcher and renderer, with what they mean
+WAN_MUST_MATCH = {
+    "in_channels": "latent channels",
+    "out_channels": "output channels",
+    "patch_size": "patch size",
+    "text_dim": "text embedding width",
+    "image_dim": "image embedding width (I2V models)",
+    "added_kv_proj_dim": "image key/value projection (I2V models)",
+}
+
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+
+
+class WanAdapter(Adapter):
+    name = "wan"
+    pipeline_classes = ("WanPipeline",)
+
+    def check_pipeline(self, pipe: Any) -> None:
+        if getattr(pipe, "transformer_2", None) is not None:
+            raise UnsupportedPipelineError(
+                pipe,
+                list(self.pipeline_classes),
+                reason=(
+                    "this WanPipeline already has a transformer_2 (a Wan2.2 mixture of experts, switched by "
+                    "boundary_ratio); SRD serves single-transformer Wan2.1 pipelines. Load the pipeline without "
+                    "transformer_2, or use diffusers' own boundary_ratio switch"
+                ),
+            )
+        if getattr(pipe, "transformer", None) is None:
+            raise UnsupportedPipelineError(pipe, list(self.pipeline_classes), reason="the pipeline has no transformer")
+
+    def compatibility_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
+        from diffusers import WanTransformer3DModel
+
+        if not isinstance(renderer, WanTransformer3DModel):
+            return [
+                f"model family: the sketcher is a WanTransformer3DModel, the renderer a {type(renderer).__name__}; "
+                "pass a Wan2.1 transformer (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
+            ]
+        return config_mismatches(sketcher, renderer, WAN_MUST_MATCH)
+
+    def scheduler_problem(self, scheduler: Any) -> str | None:
+        if type(scheduler).__name__ in FLOW_SCHEDULERS:
+            return None
+        if getattr(scheduler.config, "prediction_type", None) == "flow_prediction":
+            return None
+        return (
+            f"the adaptive policy needs a flow-matching scheduler to compute x0 = x_t - sigma_t * v; "
+            f"{type(scheduler).__name__} with prediction_type={getattr(scheduler.config, 'prediction_type', None)!r} "
+            "is not one. Use UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True) or "
+            "FlowMatchEulerDiscreteScheduler, or a non-adaptive policy (switch='step')"
+        )
+
+    def predict_x0(
+        self, scheduler: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, step_index: int
+    ) -> torch.Tensor:
+        return flow_x0(scheduler, model_output, sample, step_index)
+
+
+_ADAPTER = WanAdapter()
+
+
+@hookimpl
+def srd_get_adapter(pipe: Any) -> Adapter | None:
+    from diffusers import WanPipeline
+
+    return _ADAPTER if isinstance(pipe, WanPipeline) else None
+
+
+@hookimpl
+def srd_supported_pipelines() -> list[str]:
+    return list(WanAdapter.pipeline_classes)

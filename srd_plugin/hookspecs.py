@@ -1,0 +1,104 @@
+"""Every hook srd_plugin calls, documented where it is declared (pytest's hookspec.py is the model).
+
+Plugins are modules or objects with functions marked `@hookimpl` and named like the specs
+below. Built-in adapters and accelerators are plugins of exactly this kind; third-party
+ones register through the "srd_plugin" entry-point group:
+
+    [project.entry-points.srd_plugin]
+    my_adapter = "my_package.srd_adapter"
+
+Plugins keep no per-pipeline state of their own: everything they need lives on the
+`session` (one per enabled pipeline: `session.plugin_state[name]`) and the `run` (one per
+pipeline call) passed to them. That keeps two pipelines, or two threads, apart.
+
+Call order of one `pipe(...)`:
+    srd_run_start -> (srd_step_end per step, srd_switch once at the switch) -> srd_run_end
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    import torch
+
+    from .adapters.base import Adapter
+    from .runtime import Run, Session
+
+PROJECT_NAME = "srd_plugin"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -- adapter discovery ----------------------------------------------------------------
+@hookspec(firstresult=True)
+def srd_get_adapter(pipe: Any) -> Adapter | None:
+    """Return an adapter for `pipe` if this plugin knows its family, else None.
+
+    Called by `enable`. The first non-None answer wins; later-registered plugins are asked
+    first, so a third-party adapter can override a built-in one for a subclass.
+    """
+
+
+@hookspec
+def srd_supported_pipelines() -> list[str]:
+    """Return the names of the pipeline classes this plugin supports.
+
+    Used for the message of `UnsupportedPipelineError` and by `srd doctor`.
+    """
+
+
+# -- set-up and tear-down ---------------------------------------------------------------
+@hookspec
+def srd_check_setup(session: Session) -> list[str] | None:
+    """Return problems that make this setup unworkable (empty or None if it is fine).
+
+    Called by `enable` after the renderer was resolved and checked by the adapter, before
+    anything is installed. Every problem from every plugin is reported in one ValueError.
+    """
+
+
+@hookspec
+def srd_prepare_model(session: Session, role: str, model: torch.nn.Module) -> None:
+    """Prepare one model for its role ("sketch" or "render") when SRD is enabled.
+
+    Accelerator plugins attach their per-instance hooks here (e.g. TeaCache with the
+    coefficients of this model's architecture). Undo it in `srd_restore_model`.
+    """
+
+
+@hookspec
+def srd_restore_model(session: Session, role: str, model: torch.nn.Module) -> None:
+    """Undo `srd_prepare_model` for one model; called by `disable` (and by a re-`enable`)."""
+
+
+# -- one pipeline call ------------------------------------------------------------------
+@hookspec
+def srd_run_start(session: Session, run: Run) -> None:
+    """A pipeline call has set its timesteps; the run's policy, trace and phase are fresh.
+
+    Reset any per-call state here. `run.phase` is the role of step 0 (a run that renders
+    from step 0 receives `srd_switch` with step_index 0 right after this hook).
+    """
+
+
+@hookspec
+def srd_step_end(session: Session, run: Run, step_index: int) -> None:
+    """Step `step_index` is done: the scheduler has stepped and the trace has its entry."""
+
+
+@hookspec
+def srd_switch(session: Session, run: Run, step_index: int) -> None:
+    """The renderer takes over from step `step_index` on (once per call, one-way).
+
+    Typical uses: reset caches that must not carry sketcher state into the render phase,
+    move the sketcher's weights off the accelerator.
+    """
+
+
+@hookspec
+def srd_run_end(session: Session, run: Run) -> None:
+    """The call ended: after its last step, or when it was aborted (`run.trace.completed` is False)."""

@@ -1,0 +1,44 @@
+"""The process-wide pluggy PluginManager: built-in plugins plus the "srd_plugin" entry points.
+
+Built in are the adapters (one module per host family) and the accelerator / lifecycle
+plugins of `srd_plugin.hooks`. Plugins are stateless modules (state lives on the session),
+so one manager serves every pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+import pluggy
+
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "srd_plugin"
+
+BUILTIN_PLUGINS: tuple[str, ...] = ("srd_plugin.adapters.wan",)
+
+_lock = threading.Lock()
+_manager: pluggy.PluginManager | None = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The shared manager, created on first use."""
+    global _manager
+    with _lock:
+        if _manager is None:
+            manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+            manager.add_hookspecs(hookspecs)
+            for name in BUILTIN_PLUGINS:
+                manager.register(importlib.import_module(name), name=name)
+            manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            _manager = manager
+        return _manager
+
+
+def supported_pipelines() -> list[str]:
+    """Names of every pipeline class some registered adapter supports."""
+    names: list[str] = []
+    for result in get_plugin_manager().hook.srd_supported_pipelines():
+        names.extend(result or [])
+    return sorted(set(names))

@@ -1,0 +1,114 @@
+"""`RunTrace`: what happened in one sketch-render call, step by step.
+
+A trace is plain data (lists of numbers and strings), so it serialises to JSON and back
+without loss, can be redrawn later (`srd report`), and can be compared across ranks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunTrace:
+    """Per-step record of one pipeline call.
+
+    roles: "sketch" or "render" for each completed step.
+    switch_step: index of the first render step, None if the renderer never ran.
+    metrics: the adaptive quantity s_i per step (None where undefined or not computed).
+    distances: the adaptive d_i per step (None where undefined or not computed).
+    step_seconds: wall time of each step (from the end of the previous step).
+    completed: False when the call stopped early (exception, interrupt).
+    fallback_step: first step the sketcher re-took after a renderer failure, else None.
+    events: human-readable notes (fallbacks, warnings) in the order they happened.
+    """
+
+    pipeline: str = ""
+    policy: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    num_steps: int = 0
+    timesteps: list[float] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
+    switch_step: int | None = None
+    metrics: list[float | None] = field(default_factory=list)
+    distances: list[float | None] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    completed: bool = False
+    fallback_step: int | None = None
+    events: list[str] = field(default_factory=list)
+
+    # -- derived figures -------------------------------------------------------------
+    def steps_of(self, role: str) -> list[int]:
+        return [i for i, r in enumerate(self.roles) if r == role]
+
+    def seconds_of(self, role: str) -> float:
+        return sum(s for s, r in zip(self.step_seconds, self.roles) if r == role)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.step_seconds)
+
+    # -- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunTrace:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"not a RunTrace: unknown key(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunTrace:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunTrace:
+        return cls.from_json(Path(path).read_text())
+
+    # -- human-readable --------------------------------------------------------------
+    def summary(self) -> str:
+        """A short table: steps, time and time per step of each role, and the switch."""
+        head = f"SRD run: {self.pipeline or 'pipeline'}, policy {self.policy}, {self.num_steps} steps"
+        if not self.completed:
+            head += f" (stopped after {len(self.roles)} steps)"
+        lines = [head, f"  {'role':<8}{'steps':>7}{'range':>12}{'seconds':>10}{'s/step':>9}"]
+        for role in ("sketch", "render"):
+            steps = self.steps_of(role)
+            seconds = self.seconds_of(role)
+            span = f"{steps[0]}-{steps[-1]}" if steps else "-"
+            per_step = f"{seconds / len(steps):.3f}" if steps else "-"
+            lines.append(f"  {role:<8}{len(steps):>7}{span:>12}{seconds:>10.2f}{per_step:>9}")
+        lines.append(f"  {'total':<8}{len(self.roles):>7}{'':>12}{self.total_seconds:>10.2f}")
+        lines.append("  " + self._switch_line())
+        lines.extend(f"  note: {event}" for event in self.events)
+        return "\n".join(lines)
+
+    def _switch_line(self) -> str:
+        if self.switch_step is None:
+            return "no switch: the sketcher ran every step"
+        if self.switch_step == 0:
+            return "switch at step 0: the renderer ran every step"
+        reason = ""
+        last_sketch = self.switch_step - 1
+        if self.policy == "adaptive" and last_sketch < len(self.metrics):
+            metric = self.metrics[last_sketch]
+            threshold = self.config.get("threshold")
+            if metric is not None and threshold is not None and 0 < metric < threshold:
+                reason = f" (s_{last_sketch} = {metric:.4g} < threshold {threshold:g})"
+            else:
+                reason = " (max_sketch_steps reached)"
+        return f"switch at step {self.switch_step}{reason}"
