@@ -247,11 +247,14 @@ class Session:
             timesteps=timesteps,
         )
         run = Run(policy=policy, trace=trace, num_steps=len(timesteps))
-        self._place_renderer()
         pipe = self.pipe
         if pipe is not None:
             _LAST_TRACES[pipe] = trace
         self.active_run = run
+        try:
+            self._place_renderer()
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
+            self.fall_back(run, f"moving the renderer to the sketcher's device failed ({error})", error)
         self.hook.srd_run_start(session=self, run=run)
         if first_phase == RENDER:
             self._switch(run, 0)
@@ -309,6 +312,8 @@ class Session:
 
     def _switch(self, run: Run, step_index: int) -> None:
         run.policy_done = True
+        if run.fell_back:
+            return
         run.phase = RENDER
         run.trace.switch_step = step_index
         self.hook.srd_switch(session=self, run=run, step_index=step_index)
@@ -364,15 +369,23 @@ class Session:
         )
 
     def _renderer_failed(self, run: Run, args: tuple, kwargs: dict[str, Any]) -> Any:
-        step = run.step_index
-        message = f"the renderer returned NaN or Inf at step {step}"
+        self.fall_back(run, f"the renderer returned NaN or Inf at step {run.step_index}")
+        return self._router.fn_ref.original_forward(*args, **kwargs)
+
+    def fall_back(self, run: Run, reason: str, error: BaseException | None = None) -> None:
+        """The renderer cannot be used: the sketcher runs the rest of this call (or raise, if so configured).
+
+        Used for a renderer that returns NaN/Inf and for a renderer that cannot be moved to the
+        device (out of memory). The next call tries the renderer again.
+        """
         if self.config.on_renderer_failure == "raise":
+            self.abort_run(run, None, note=reason)
             raise RendererFailureError(
-                f"{message}; set on_renderer_failure='fallback' to let the sketcher finish the call instead"
-            )
-        warnings.warn(f"srd_plugin: {message}; the sketcher takes over the remaining steps of this call", stacklevel=2)
+                f"{reason}; set on_renderer_failure='fallback' to let the sketcher finish the call instead"
+            ) from error
+        step = run.step_index
+        warnings.warn(f"srd_plugin: {reason}; the sketcher takes over from step {step} of this call", stacklevel=3)
         run.phase = SKETCH
         run.fell_back = True
         run.trace.fallback_step = step
-        run.trace.events.append(f"{message}: the sketcher took over from step {step}")
-        return self._router.fn_ref.original_forward(*args, **kwargs)
+        run.trace.events.append(f"{reason}: the sketcher took over from step {step}")

@@ -382,3 +382,24 @@ def test_no_warning_on_normal_use(pipe, renderer):
         warnings.simplefilter("error", UserWarning)
         srd.enable(pipe, renderer)
         generate(pipe)
+
+
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+
+@pytest.mark.parametrize("mode", ["fallback", "raise"])
+def test_renderer_move_failure(pipe, renderer, monkeypatch, mode):
+    plain = generate(pipe)
+    srd.enable(pipe, renderer, switch="step", switch_step=2, on_renderer_failure=mode)
+    renderer.to("meta")  # the renderer now lives elsewhere: the next call must move it
+    monkeypatch.setattr(renderer, "to", out_of_memory)
+    if mode == "raise":
+        with pytest.raises(RendererFailureError, match="out of memory"):
+            generate(pipe)
+        return
+    with pytest.warns(UserWarning, match="moving the renderer.*out of memory.*sketcher takes over from step 0"):
+        out = generate(pipe)
+    trace = srd.last_trace(pipe)
+    assert trace.roles == ["sketch"] * STEPS and trace.switch_step is None and trace.fallback_step == 0
+    assert torch.equal(out, plain)
