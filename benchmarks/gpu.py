@@ -1,0 +1,431 @@
+"""GPU benchmark at the real model shapes, with random bf16 weights created on the device.
+
+    python benchmarks/gpu.py --out results/gpu.md        # H100/H200, about 5 minutes
+    python benchmarks/gpu.py --tiny                      # the same code paths on the CPU in seconds
+
+No checkpoint is needed to measure time: the architectures are the real ones (Wan2.1-T2V-14B
+and 1.3B at 832x480, 81 frames; CogVideoX-5B and 2B at 720x480, 49 frames), the weights are
+random. It measures:
+
+* per-step time of each model with CFG as its pipeline runs it (Wan: two calls per step;
+  CogVideoX: one call with a doubled batch), median of several steps after a warm-up;
+* the projected 50-step SRD speedup S(k) = 50 T_s / (k T_s + (50 - k) T_r) at k = 5, 10, 15, 20;
+* a short end-to-end SRD run through the real WanPipeline path with a fixed switch, against
+  its prediction k T_s + (N - k) T_r;
+* peak GPU memory of each model's steps.
+
+Timings use CUDA events around each step; every figure is the median of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import srd_plugin as srd  # noqa: E402
+
+# -- the architectures ------------------------------------------------------------------------
+WAN_COMMON = dict(
+    patch_size=(1, 2, 2),
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+WAN_14B = dict(WAN_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+WAN_1_3B = dict(WAN_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30)
+WAN_TINY_S = dict(
+    WAN_COMMON,
+    attention_head_dim=16,
+    text_dim=64,
+    freq_dim=32,
+    rope_max_seq_len=32,
+    num_attention_heads=4,
+    ffn_dim=128,
+    num_layers=4,
+)
+WAN_TINY_R = dict(WAN_TINY_S, num_attention_heads=2, ffn_dim=64, num_layers=2)
+
+COG_COMMON = dict(
+    attention_head_dim=64,
+    in_channels=16,
+    out_channels=16,
+    time_embed_dim=512,
+    text_embed_dim=4096,
+    sample_width=90,
+    sample_height=60,
+    sample_frames=49,
+    patch_size=2,
+    temporal_compression_ratio=4,
+    max_text_seq_length=226,
+)
+COG_5B = dict(COG_COMMON, num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
+COG_2B = dict(COG_COMMON, num_attention_heads=30, num_layers=30, use_rotary_positional_embeddings=False)
+COG_TINY_S = dict(
+    COG_COMMON,
+    attention_head_dim=16,
+    time_embed_dim=32,
+    text_embed_dim=64,
+    sample_width=8,
+    sample_height=8,
+    sample_frames=9,
+    max_text_seq_length=8,
+    num_attention_heads=4,
+    num_layers=2,
+    use_rotary_positional_embeddings=True,
+)
+COG_TINY_R = dict(COG_TINY_S, num_attention_heads=2, num_layers=1, use_rotary_positional_embeddings=False)
+
+
+@dataclass
+class Shapes:
+    """Sizes of one benchmark setting (real or tiny)."""
+
+    wan: tuple[dict, dict]
+    wan_video: tuple[int, int, int]  # height, width, frames
+    wan_text: tuple[int, int]  # tokens, width
+    cog: tuple[dict, dict]
+    cog_video: tuple[int, int, int]
+    cog_text: tuple[int, int]
+    repeats: int
+    e2e_steps: int
+    e2e_switch: int
+
+
+REAL = Shapes(
+    wan=(WAN_14B, WAN_1_3B),
+    wan_video=(480, 832, 81),
+    wan_text=(512, 4096),
+    cog=(COG_5B, COG_2B),
+    cog_video=(480, 720, 49),
+    cog_text=(226, 4096),
+    repeats=3,
+    e2e_steps=6,
+    e2e_switch=2,
+)
+TINY = Shapes(
+    wan=(WAN_TINY_S, WAN_TINY_R),
+    wan_video=(32, 32, 9),
+    wan_text=(16, 64),
+    cog=(COG_TINY_S, COG_TINY_R),
+    cog_video=(64, 64, 9),
+    cog_text=(8, 64),
+    repeats=2,
+    e2e_steps=4,
+    e2e_switch=1,
+)
+
+
+@dataclass
+class Results:
+    device: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, **row: Any) -> None:
+        self.rows.append(row)
+        print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "table"), flush=True)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# -- measuring ---------------------------------------------------------------------------------
+class Timer:
+    """Wall time of a region: CUDA events on the GPU, perf_counter (with no async work) on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        begin = time.perf_counter()
+        fn()
+        return time.perf_counter() - begin
+
+
+def median_step(timer: Timer, step: Callable[[], Any], repeats: int) -> float:
+    step()  # warm-up: kernels selected, caches filled
+    return statistics.median(timer(step) for _ in range(repeats))
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+
+
+def build(cls: type, config: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Random weights created directly on the device in `dtype` (no float32 copy of a 14B model)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls(**config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval().requires_grad_(False)
+
+
+def free(*models: Any) -> None:
+    for model in models:
+        del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# -- Wan ---------------------------------------------------------------------------------------
+def wan_inputs(shapes: Shapes, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    height, width, frames = shapes.wan_video
+    tokens, text_width = shapes.wan_text
+    latent = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    generator = torch.Generator(device).manual_seed(0)
+    return dict(
+        hidden_states=torch.randn(latent, generator=generator, device=device, dtype=dtype),
+        cond=torch.randn((1, tokens, text_width), generator=generator, device=device, dtype=dtype),
+        uncond=torch.randn((1, tokens, text_width), generator=generator, device=device, dtype=dtype),
+    )
+
+
+def wan_step(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    """One Wan denoising step as WanPipeline runs it: a cond and an uncond call."""
+    timestep = torch.tensor([500.0], device=inputs["hidden_states"].device)
+
+    def step() -> None:
+        with torch.no_grad():
+            for embeds in (inputs["cond"], inputs["uncond"]):
+                model(
+                    hidden_states=inputs["hidden_states"],
+                    timestep=timestep,
+                    encoder_hidden_states=embeds,
+                    return_dict=False,
+                )
+
+    return step
+
+
+def projected(t_sketch: float, t_render: float, k: int, n: int = 50) -> float:
+    return n * t_sketch / (k * t_sketch + (n - k) * t_render)
+
+
+def bench_wan(shapes: Shapes, device: torch.device, dtype: torch.dtype, results: Results) -> dict[str, Any]:
+    from diffusers import WanTransformer3DModel
+
+    timer = Timer(device)
+    inputs = wan_inputs(shapes, device, dtype)
+    step_times = {}
+    models = {}
+    for role, config in zip(("sketch", "render"), shapes.wan):
+        model = build(WanTransformer3DModel, config, device, dtype)
+        models[role] = model
+        reset_peak(device)
+        step_times[role] = median_step(timer, wan_step(model, inputs), shapes.repeats)
+        params = sum(p.numel() for p in model.parameters()) / 1e9
+        results.add(
+            table="per-step time (CFG as the pipeline runs it)",
+            model=f"Wan {'sketcher' if role == 'sketch' else 'renderer'} ({params:.2f}B)",
+            step_s=step_times[role],
+            peak_gib=peak_gib(device),
+        )
+    for k in (5, 10, 15, 20):
+        results.add(
+            table="projected 50-step speedup",
+            pair="Wan 14B -> 1.3B",
+            switch_step=k,
+            speedup=projected(step_times["sketch"], step_times["render"], k),
+        )
+    e2e = wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results)
+    free(*models.values())
+    return {"step_times": step_times, **e2e}
+
+
+def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -> dict[str, Any]:
+    """The real WanPipeline loop (no text encoder or VAE: embeddings in, latents out) with SRD at a fixed switch."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    pipe = WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+        transformer=models["sketch"],
+    )
+    pipe.set_progress_bar_config(disable=True)
+    srd.enable(pipe, models["render"], switch="step", switch_step=shapes.e2e_switch)
+    height, width, frames = shapes.wan_video
+    n, k = shapes.e2e_steps, shapes.e2e_switch
+
+    def call() -> None:
+        pipe(
+            prompt_embeds=inputs["cond"],
+            negative_prompt_embeds=inputs["uncond"],
+            height=height,
+            width=width,
+            num_frames=frames,
+            num_inference_steps=n,
+            guidance_scale=5.0,
+            output_type="latent",
+            generator=torch.Generator(device).manual_seed(0),
+        )
+
+    seconds = Timer(device)(call)
+    trace = srd.last_trace(pipe)
+    srd.disable(pipe)
+    predicted = k * step_times["sketch"] + (n - k) * step_times["render"]
+    results.add(
+        table="end-to-end SRD through WanPipeline vs prediction",
+        steps=n,
+        switch_step=trace.switch_step,
+        seconds=seconds,
+        predicted=predicted,
+        error=seconds / predicted - 1,
+    )
+    return {"e2e_seconds": seconds, "e2e_predicted": predicted, "e2e_roles": trace.roles}
+
+
+# -- CogVideoX ---------------------------------------------------------------------------------
+def cog_step(model: torch.nn.Module, shapes: Shapes, device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
+    """One CogVideoX step as CogVideoXPipeline runs it: one call with the CFG batch doubled."""
+    from diffusers import CogVideoXPipeline
+
+    height, width, frames = shapes.cog_video
+    tokens, text_width = shapes.cog_text
+    latent_frames = (frames - 1) // 4 + 1
+    generator = torch.Generator(device).manual_seed(0)
+    hidden = torch.randn(
+        (2, latent_frames, 16, height // 8, width // 8), generator=generator, device=device, dtype=dtype
+    )
+    text = torch.randn((2, tokens, text_width), generator=generator, device=device, dtype=dtype)
+    rotary = None
+    if model.config.use_rotary_positional_embeddings:
+        host = SimpleNamespace(vae_scale_factor_spatial=8, transformer=model)
+        rotary = CogVideoXPipeline._prepare_rotary_positional_embeddings(host, height, width, latent_frames, device)
+    timestep = torch.tensor([500, 500], device=device)
+
+    def step() -> None:
+        with torch.no_grad():
+            model(
+                hidden_states=hidden,
+                encoder_hidden_states=text,
+                timestep=timestep,
+                image_rotary_emb=rotary,
+                return_dict=False,
+            )
+
+    return step
+
+
+def bench_cogvideox(shapes: Shapes, device: torch.device, dtype: torch.dtype, results: Results) -> dict[str, Any]:
+    from diffusers import CogVideoXTransformer3DModel
+
+    timer = Timer(device)
+    step_times = {}
+    for role, config in zip(("sketch", "render"), shapes.cog):
+        model = build(CogVideoXTransformer3DModel, config, device, dtype)
+        reset_peak(device)
+        step_times[role] = median_step(timer, cog_step(model, shapes, device, dtype), shapes.repeats)
+        params = sum(p.numel() for p in model.parameters()) / 1e9
+        results.add(
+            table="per-step time (CFG as the pipeline runs it)",
+            model=f"CogVideoX {'sketcher' if role == 'sketch' else 'renderer'} ({params:.2f}B)",
+            step_s=step_times[role],
+            peak_gib=peak_gib(device),
+        )
+        free(model)
+    for k in (5, 10, 15, 20):
+        results.add(
+            table="projected 50-step speedup",
+            pair="CogVideoX 5B -> 2B",
+            switch_step=k,
+            speedup=projected(step_times["sketch"], step_times["render"], k),
+        )
+    return {"step_times": step_times}
+
+
+# -- report ------------------------------------------------------------------------------------
+def markdown(results: Results, command: str) -> str:
+    """One markdown table per kind of row (the `table` key), columns in order of appearance."""
+    lines = [
+        f"GPU benchmark, {datetime.date.today()}, {results.device}, torch {torch.__version__}",
+        f"command: `{command}`",
+    ]
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for row in results.rows:
+        tables.setdefault(row["table"], []).append(row)
+    for name, rows in tables.items():
+        keys: list[str] = []
+        for row in rows:
+            keys += [k for k in row if k not in keys and k != "table"]
+        lines += ["", f"**{name}**", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
+    if results.notes:
+        lines += [""] + [f"- {note}" for note in results.notes]
+    return "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {"wan": bench_wan, "cogvideox": bench_cogvideox}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (seconds)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown table (and a .json) here")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        device, dtype, shapes = torch.device("cpu"), torch.float32, TINY
+    else:
+        if not torch.cuda.is_available():
+            parser.error("no CUDA device: run with --tiny on the CPU")
+        device, dtype, shapes = torch.device("cuda"), torch.bfloat16, REAL
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny shapes)"
+    results = Results(device=name)
+    raw: dict[str, Any] = {}
+    for section in args.sections.split(","):
+        print(f"[{section}]", flush=True)
+        start = time.perf_counter()
+        raw[section] = SECTIONS[section](shapes, device, dtype, results)
+        print(f"  ({time.perf_counter() - start:.1f} s)", flush=True)
+    command = "python benchmarks/gpu.py" + (" --tiny" if args.tiny else "")
+    text = markdown(results, command)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps({"rows": results.rows, "raw": raw}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

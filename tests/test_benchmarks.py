@@ -1,0 +1,49 @@
+"""The benchmark scripts' code paths, on tiny models (the figures themselves live in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ideal_speedup_arithmetic():
+    gpu = load("gpu")
+    # FACTS.md: Wan FLOP ratio ~5.9 gives S(10) = 3.0 at N = 50; S(0) is the ratio, S(N) is 1
+    assert gpu.projected(5.9, 1.0, 10) == pytest.approx(50 * 5.9 / (10 * 5.9 + 40), rel=1e-12)
+    assert gpu.projected(5.9, 1.0, 0) == pytest.approx(5.9)
+    assert gpu.projected(5.9, 1.0, 50) == pytest.approx(1.0)
+    # the A100 step times of the independent measurement: 18.96 s vs 3.84 s -> 2.76x at k = 10
+    assert gpu.projected(18.96, 3.84, 10) == pytest.approx(2.76, abs=0.01)
+
+
+def test_cpu_benchmark_tiny(capsys):
+    cpu = load("cpu")
+    assert cpu.main(["--tiny", "--steps", "4", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "plugin overhead" in out
+    for k in (0, 1, 2, 3, 4):
+        assert f"| SRD, switch at {k} |" in out
+
+
+def test_gpu_benchmark_tiny_writes_its_tables(tmp_path, capsys):
+    gpu = load("gpu")
+    out_file = tmp_path / "gpu.md"
+    assert gpu.main(["--tiny", "--out", str(out_file)]) == 0
+    text = out_file.read_text()
+    for words in ("Wan sketcher", "Wan renderer", "CogVideoX sketcher", "CogVideoX renderer", "Wan 14B -> 1.3B"):
+        assert words in text
+    assert (tmp_path / "gpu.json").exists()
+    assert "end-to-end SRD through WanPipeline" in text
