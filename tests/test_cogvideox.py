@@ -461,6 +461,16 @@ def test_rotary_renderer_may_differ_in_text_length(cog_pipe):
     assert torch.isfinite(generate(cog_pipe)).all()
 
 
+def test_text_length_the_renderer_cannot_take_is_named(cog_pipe, renderer_2b):
+    srd.enable(cog_pipe, renderer_2b, switch="step", switch_step=2)
+    with pytest.raises(ValueError, match="takes exactly 16 text tokens.*max_sequence_length=16"):
+        generate(cog_pipe, steps=4, max_sequence_length=12)
+    trace = srd.last_trace(cog_pipe)
+    assert not trace.completed and trace.roles == ["sketch", "sketch"]
+    generate(cog_pipe, steps=4)  # the pipeline stays usable
+    assert srd.last_trace(cog_pipe).completed
+
+
 @pytest.mark.parametrize(
     "fields, words",
     [

@@ -130,6 +130,7 @@ class CogVideoXAdapter(Adapter):
         """Call the renderer with its own rotary tables, in its own dtype and (if needed) coordinates."""
         arguments = _bind_forward(session.sketcher, args, kwargs)
         host_sample = arguments["hidden_states"]
+        _check_text_length(session.renderer.config, arguments["encoder_hidden_states"])
         arguments["image_rotary_emb"] = self._renderer_rotary(session, host_sample)
         run_state = _run_state(session)
         alignment = run_state.alignment if run_state is not None else None
@@ -361,6 +362,18 @@ def _timestep_tensor(timestep: Any, sample: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point() and not bool((t == t.round()).all()):
         raise ValueError(f"CogVideoX schedulers use integer timesteps, got {t.tolist()}")
     return t.long().expand(sample.shape[0]) if t.numel() == 1 else t.long()
+
+
+def _check_text_length(config: Any, text: torch.Tensor) -> None:
+    """A renderer with sin-cos positions (no rotary) takes exactly max_text_seq_length text tokens;
+    say so plainly instead of letting a shape error surface from inside the model."""
+    if config.use_rotary_positional_embeddings or text.shape[1] == config.max_text_seq_length:
+        return
+    raise ValueError(
+        f"the renderer has no rotary embeddings and takes exactly {config.max_text_seq_length} text tokens, "
+        f"but this call encodes the prompt to {text.shape[1]}; call the pipeline with "
+        f"max_sequence_length={config.max_text_seq_length}"
+    )
 
 
 def _sample_of(output: Any) -> torch.Tensor:
