@@ -59,7 +59,8 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
             "anything up (useful only as a test of the plumbing)",
             stacklevel=2,
         )
-    session = Session(pipe, adapter, sketcher, renderer_module, config, manager)
+    source = os.fspath(renderer) if isinstance(renderer, (str, os.PathLike)) else None
+    session = Session(pipe, adapter, sketcher, renderer_module, config, manager, renderer_source=source)
     plugin_problems = [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
     if plugin_problems:
         raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in plugin_problems))

@@ -15,6 +15,7 @@ from typing import Any
 SWITCH_POLICIES = ("adaptive", "step", "ratio", "boundary")
 RENDERER_FAILURE_MODES = ("fallback", "raise")
 RENDERER_DTYPES = ("float32", "float16", "bfloat16")
+ALIGN_MODES = ("auto", "none")
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -53,6 +54,16 @@ class SRDConfig:
         on_renderer_failure: "fallback" (default) hands the rest of the call back to the
             sketcher when the renderer returns NaN/Inf; "raise" raises
             `RendererFailureError`.
+
+    Cross-model alignment (CogVideoX; see docs/alignment.md):
+        align: "auto" (default) maps the host latent into the renderer's parametrization
+            (VAE scale, noise schedule) whenever the two differ, and is the identity when
+            they match; "none" is the naive swap (a measurable baseline).
+        renderer_scaling_factor: the renderer's VAE scaling factor (e.g. 1.15258426 for
+            CogVideoX-2B); None: read from the renderer's pipeline folder, else the host's.
+        renderer_scheduler_config: the renderer's scheduler config, a dict as in its
+            `scheduler_config.json`; None: read from the renderer's pipeline folder, else the
+            host's. Explicit values win over the folder's.
     """
 
     switch: str = "adaptive"
@@ -65,6 +76,9 @@ class SRDConfig:
     move_renderer: bool = True
     renderer_dtype: str | None = None
     on_renderer_failure: str = "fallback"
+    align: str = "auto"
+    renderer_scaling_factor: float | None = None
+    renderer_scheduler_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._validate()
@@ -99,6 +113,20 @@ class SRDConfig:
             _fail("renderer_dtype", self.renderer_dtype, f"None or one of {', '.join(RENDERER_DTYPES)}")
         if self.on_renderer_failure not in RENDERER_FAILURE_MODES:
             _fail("on_renderer_failure", self.on_renderer_failure, f"choose one of {', '.join(RENDERER_FAILURE_MODES)}")
+        if self.align not in ALIGN_MODES:
+            _fail("align", self.align, f"choose one of {', '.join(ALIGN_MODES)}")
+        factor = self.renderer_scaling_factor
+        if factor is not None and (not _is_number(factor) or not math.isfinite(factor) or factor <= 0):
+            _fail("renderer_scaling_factor", factor, "None or a positive finite number (CogVideoX-2B: 1.15258426)")
+        scheduler_config = self.renderer_scheduler_config
+        if scheduler_config is not None and (
+            not isinstance(scheduler_config, dict) or not all(isinstance(k, str) for k in scheduler_config)
+        ):
+            _fail(
+                "renderer_scheduler_config",
+                scheduler_config,
+                "None or a dict with string keys, as in the renderer's scheduler_config.json",
+            )
 
     def _validate_policy_parameter(self, field: str, policy: str, allowed: str, ok: Any) -> None:
         value = getattr(self, field)

@@ -113,12 +113,16 @@ class Session:
         renderer: torch.nn.Module,
         config: SRDConfig,
         plugin_manager: pluggy.PluginManager,
+        renderer_source: str | None = None,
     ) -> None:
         self._pipe_ref = weakref.ref(pipe)
         self.pipeline_name = type(pipe).__name__
         self.adapter = adapter
         self.sketcher = sketcher
         self.renderer = renderer
+        #: the path or hub repo id the renderer was loaded from (None for a given module): adapters
+        #: read facts the transformer alone does not carry from it (e.g. its VAE's scaling factor)
+        self.renderer_source = renderer_source
         self.config = config
         self.hook = plugin_manager.hook
         self.plugin_state: dict[str, Any] = {}
@@ -255,7 +259,11 @@ class Session:
             self._place_renderer()
         except RuntimeError as error:  # torch.OutOfMemoryError is one
             self.fall_back(run, f"moving the renderer to the sketcher's device failed ({error})", error)
-        self.hook.srd_run_start(session=self, run=run)
+        try:
+            self.hook.srd_run_start(session=self, run=run)
+        except BaseException as error:  # a plugin refused this call: leave no half-started run behind
+            self.abort_run(run, error)
+            raise
         if first_phase == RENDER:
             self._switch(run, 0)
         if run.num_steps == 0:

@@ -168,3 +168,199 @@ def tiny_call_kwargs(num_inference_steps: int = 10, seed: int = 0, **overrides: 
     )
     kwargs.update(overrides)
     return kwargs
+
+
+# -- CogVideoX -------------------------------------------------------------------------------
+#: the real parametrizations (see FACTS.md): VAE scaling factor and scheduler snr_shift_scale
+COGVIDEOX_5B_SCALING_FACTOR = 0.7
+COGVIDEOX_2B_SCALING_FACTOR = 1.15258426
+COGVIDEOX_5B_SNR_SHIFT_SCALE = 1.0
+COGVIDEOX_2B_SNR_SHIFT_SCALE = 3.0
+#: text tokens of the tiny CogVideoX models; a renderer without rotary embeddings needs exactly this many
+COGVIDEOX_TEXT_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class CogVideoXSize:
+    """Architecture knobs of a tiny CogVideoXTransformer3DModel (rotary needs head dims that are multiples of 16)."""
+
+    num_layers: int
+    num_attention_heads: int
+    attention_head_dim: int
+    rotary: bool
+
+
+#: like CogVideoX-5B: rotary position embeddings
+COGVIDEOX_5B_LIKE = CogVideoXSize(num_layers=2, num_attention_heads=4, attention_head_dim=16, rotary=True)
+#: like CogVideoX-2B: fewer layers and heads, sin-cos positions instead of rotary embeddings
+COGVIDEOX_2B_LIKE = CogVideoXSize(num_layers=1, num_attention_heads=2, attention_head_dim=16, rotary=False)
+
+
+def cogvideox_scheduler_config(snr_shift_scale: float = COGVIDEOX_5B_SNR_SHIFT_SCALE) -> dict[str, Any]:
+    """The real CogVideoX `scheduler_config.json` (5B: snr_shift_scale 1.0, 2B: 3.0)."""
+    return {
+        "_class_name": "CogVideoXDDIMScheduler",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "clip_sample_range": 1.0,
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": True,
+        "snr_shift_scale": snr_shift_scale,
+        "steps_offset": 0,
+        "timestep_spacing": "trailing",
+    }
+
+
+def make_cogvideox_scheduler(snr_shift_scale: float = COGVIDEOX_5B_SNR_SHIFT_SCALE, kind: str = "ddim") -> Any:
+    """One of CogVideoX's schedulers with the real config: "ddim" or "dpm" (stochastic DPM-Solver++)."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    classes = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
+    if kind not in classes:
+        raise ValueError(f"scheduler kind {kind!r}: choose 'ddim' or 'dpm'")
+    config = {k: v for k, v in cogvideox_scheduler_config(snr_shift_scale).items() if k != "_class_name"}
+    return classes[kind].from_config(config)
+
+
+def tiny_t5_encoder(vocab_size: int, d_model: int = TEXT_DIM, seed: int = 0) -> Any:
+    """A one-layer random T5 encoder (CogVideoX's text encoder family) of width `d_model`."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def tiny_cogvideox_vae(scaling_factor: float = COGVIDEOX_5B_SCALING_FACTOR, seed: int = 0) -> Any:
+    """A minimal AutoencoderKLCogVideoX: 8x spatial, 4x temporal compression, 4 latent channels."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(seed)
+    return AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=LATENT_CHANNELS,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+        scaling_factor=scaling_factor,
+    ).eval()
+
+
+def cogvideox_transformer_config(size: CogVideoXSize = COGVIDEOX_5B_LIKE, **overrides: Any) -> dict[str, Any]:
+    """Constructor arguments of a tiny CogVideoXTransformer3DModel (sample size: 32x32 pixels, 9 frames)."""
+    kwargs: dict[str, Any] = dict(
+        num_attention_heads=size.num_attention_heads,
+        attention_head_dim=size.attention_head_dim,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        time_embed_dim=16,
+        text_embed_dim=TEXT_DIM,
+        num_layers=size.num_layers,
+        sample_width=4,
+        sample_height=4,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=COGVIDEOX_TEXT_LENGTH,
+        use_rotary_positional_embeddings=size.rotary,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def tiny_cogvideox_transformer(size: CogVideoXSize = COGVIDEOX_5B_LIKE, seed: int = 0, **overrides: Any) -> Any:
+    """A random-weight CogVideoXTransformer3DModel of the given size (text width `TEXT_DIM`)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    return CogVideoXTransformer3DModel(**cogvideox_transformer_config(size, **overrides)).eval()
+
+
+def tiny_cogvideox_pipeline(
+    transformer: Any = None,
+    scaling_factor: float = COGVIDEOX_5B_SCALING_FACTOR,
+    snr_shift_scale: float = COGVIDEOX_5B_SNR_SHIFT_SCALE,
+    scheduler: str = "ddim",
+    seed: int = 0,
+) -> Any:
+    """A complete offline CogVideoXPipeline; by default 5B-like (rotary, VAE scaling 0.7, snr_shift_scale 1.0)."""
+    from diffusers import CogVideoXPipeline
+
+    tokenizer = tiny_tokenizer()
+    pipe = CogVideoXPipeline(
+        tokenizer=tokenizer,
+        text_encoder=tiny_t5_encoder(len(tokenizer), seed=seed),
+        vae=tiny_cogvideox_vae(scaling_factor, seed=seed),
+        transformer=transformer if transformer is not None else tiny_cogvideox_transformer(seed=seed),
+        scheduler=make_cogvideox_scheduler(snr_shift_scale, scheduler),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_cogvideox_renderer(size: CogVideoXSize = COGVIDEOX_2B_LIKE, seed: int = 1) -> Any:
+    """A renderer for `tiny_cogvideox_pipeline`: 2B-like by default (one layer, two heads, no rotary)."""
+    return tiny_cogvideox_transformer(size, seed=seed)
+
+
+def cogvideox_2b_alignment() -> dict[str, Any]:
+    """The `SRDConfig` fields that describe a CogVideoX-2B renderer's parametrization."""
+    return dict(
+        renderer_scaling_factor=COGVIDEOX_2B_SCALING_FACTOR,
+        renderer_scheduler_config=cogvideox_scheduler_config(COGVIDEOX_2B_SNR_SHIFT_SCALE),
+    )
+
+
+def tiny_cogvideox_pair(scheduler: str = "ddim", seed: int = 0) -> tuple[Any, Any, dict[str, Any]]:
+    """(5B-like pipeline, 2B-like renderer, the renderer's parametrization as `SRDConfig` fields)."""
+    pipe = tiny_cogvideox_pipeline(scheduler=scheduler, seed=seed)
+    return pipe, tiny_cogvideox_renderer(seed=seed + 1), cogvideox_2b_alignment()
+
+
+def tiny_cogvideox_renderer_pipeline(renderer: Any = None, seed: int = 1) -> Any:
+    """A 2B-like pipeline around a renderer (VAE scaling 1.15258426, snr_shift_scale 3.0), e.g. to save as a folder."""
+    return tiny_cogvideox_pipeline(
+        transformer=renderer if renderer is not None else tiny_cogvideox_renderer(seed=seed),
+        scaling_factor=COGVIDEOX_2B_SCALING_FACTOR,
+        snr_shift_scale=COGVIDEOX_2B_SNR_SHIFT_SCALE,
+        seed=seed,
+    )
+
+
+def tiny_cogvideox_call_kwargs(num_inference_steps: int = 8, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+    """Arguments for one quick call of a tiny CogVideoX pipeline (32x32, 9 frames, latent output)."""
+    kwargs: dict[str, Any] = dict(
+        prompt="a red circle moving left",
+        negative_prompt="blurry",
+        height=32,
+        width=32,
+        num_frames=9,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=6.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        max_sequence_length=COGVIDEOX_TEXT_LENGTH,
+    )
+    kwargs.update(overrides)
+    return kwargs

@@ -92,3 +92,18 @@ def srd_get_adapter(pipe: Any) -> Adapter | None:
 @hookimpl
 def srd_supported_pipelines() -> list[str]:
     return list(WanAdapter.pipeline_classes)
+
+
+@hookimpl
+def srd_check_setup(session: Any) -> list[str] | None:
+    """Refuse the alignment fields: Wan 14B and 1.3B share one VAE and one flow parametrization,
+    so there is nothing to align, and a value given here would silently do nothing.
+    (`align` is accepted either way: for Wan both "auto" and "none" are the identity.)"""
+    if session.adapter is not _ADAPTER:
+        return None
+    return [
+        f"SRDConfig.{name}={getattr(session.config, name)!r} applies to models with different latent "
+        "parametrizations (CogVideoX); Wan2.1 14B and 1.3B share the VAE and the flow schedule, so drop it"
+        for name in ("renderer_scaling_factor", "renderer_scheduler_config")
+        if getattr(session.config, name) is not None
+    ]
