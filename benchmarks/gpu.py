@@ -304,7 +304,8 @@ def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -
     srd.disable(pipe)
     predicted = k * step_times["sketch"] + (n - k) * step_times["render"]
     results.add(
-        table="end-to-end SRD through WanPipeline vs prediction",
+        table="end-to-end SRD through the real pipeline vs prediction",
+        pipeline="WanPipeline",
         steps=n,
         switch_step=trace.switch_step,
         seconds=seconds,
@@ -351,8 +352,10 @@ def bench_cogvideox(shapes: Shapes, device: torch.device, dtype: torch.dtype, re
 
     timer = Timer(device)
     step_times = {}
+    models = {}
     for role, config in zip(("sketch", "render"), shapes.cog):
         model = build(CogVideoXTransformer3DModel, config, device, dtype)
+        models[role] = model
         reset_peak(device)
         step_times[role] = median_step(timer, cog_step(model, shapes, device, dtype), shapes.repeats)
         params = sum(p.numel() for p in model.parameters()) / 1e9
@@ -362,7 +365,6 @@ def bench_cogvideox(shapes: Shapes, device: torch.device, dtype: torch.dtype, re
             step_s=step_times[role],
             peak_gib=peak_gib(device),
         )
-        free(model)
     for k in (5, 10, 15, 20):
         results.add(
             table="projected 50-step speedup",
@@ -370,7 +372,80 @@ def bench_cogvideox(shapes: Shapes, device: torch.device, dtype: torch.dtype, re
             switch_step=k,
             speedup=projected(step_times["sketch"], step_times["render"], k),
         )
-    return {"step_times": step_times}
+    e2e = cog_end_to_end(shapes, device, dtype, models, step_times, results)
+    free(*models.values())
+    return {"step_times": step_times, **e2e}
+
+
+#: the schedulers of the real CogVideoX-5B (DPM, snr_shift_scale 1.0) and 2B (DDIM, 3.0) checkpoints
+COG_SCHEDULER = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    clip_sample=False,
+    num_train_timesteps=1000,
+    prediction_type="v_prediction",
+    rescale_betas_zero_snr=True,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    timestep_spacing="trailing",
+)
+
+
+def cog_end_to_end(shapes, device, dtype, models, step_times, results) -> dict[str, Any]:
+    """The real CogVideoXPipeline loop with SRD at a fixed switch and the 5B -> 2B latent alignment on."""
+    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
+
+    pipe = CogVideoXPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        transformer=models["sketch"],
+        scheduler=CogVideoXDPMScheduler(**COG_SCHEDULER, snr_shift_scale=1.0),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    srd.enable(
+        pipe,
+        models["render"],
+        switch="step",
+        switch_step=shapes.e2e_switch,
+        renderer_scaling_factor=1.15258426,
+        renderer_scheduler_config=dict(COG_SCHEDULER, snr_shift_scale=3.0, _class_name="CogVideoXDDIMScheduler"),
+    )
+    height, width, frames = shapes.cog_video
+    tokens, text_width = shapes.cog_text
+    generator = torch.Generator(device).manual_seed(0)
+    cond = torch.randn((1, tokens, text_width), generator=generator, device=device, dtype=dtype)
+    uncond = torch.randn((1, tokens, text_width), generator=generator, device=device, dtype=dtype)
+    n, k = shapes.e2e_steps, shapes.e2e_switch
+
+    def call() -> None:
+        pipe(
+            prompt_embeds=cond,
+            negative_prompt_embeds=uncond,
+            height=height,
+            width=width,
+            num_frames=frames,
+            num_inference_steps=n,
+            guidance_scale=6.0,
+            output_type="latent",
+            generator=torch.Generator(device).manual_seed(0),
+        )
+
+    seconds = Timer(device)(call)
+    trace = srd.last_trace(pipe)
+    srd.disable(pipe)
+    predicted = k * step_times["sketch"] + (n - k) * step_times["render"]
+    results.add(
+        table="end-to-end SRD through the real pipeline vs prediction",
+        pipeline="CogVideoXPipeline (aligned)",
+        steps=n,
+        switch_step=trace.switch_step,
+        seconds=seconds,
+        predicted=predicted,
+        error=seconds / predicted - 1,
+    )
+    return {"cog_e2e_seconds": seconds, "cog_e2e_predicted": predicted, "cog_e2e_roles": trace.roles}
 
 
 # -- report ------------------------------------------------------------------------------------

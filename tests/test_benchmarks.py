@@ -46,4 +46,4 @@ def test_gpu_benchmark_tiny_writes_its_tables(tmp_path, capsys):
     for words in ("Wan sketcher", "Wan renderer", "CogVideoX sketcher", "CogVideoX renderer", "Wan 14B -> 1.3B"):
         assert words in text
     assert (tmp_path / "gpu.json").exists()
-    assert "end-to-end SRD through WanPipeline" in text
+    assert "| WanPipeline |" in text and "| CogVideoXPipeline (aligned) |" in text
