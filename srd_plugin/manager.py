@@ -36,6 +36,19 @@ def get_plugin_manager() -> pluggy.PluginManager:
         return _manager
 
 
+def reload_plugin_manager() -> pluggy.PluginManager:
+    """Build the shared manager afresh, re-reading the "srd_plugin" entry points.
+
+    For an adapter package installed while the process runs (tests do this). Pipelines
+    enabled before keep the plugins they were enabled with; plugins registered by hand on
+    the old manager are not carried over.
+    """
+    global _manager
+    with _lock:
+        _manager = None
+    return get_plugin_manager()
+
+
 def supported_pipelines() -> list[str]:
     """Names of every pipeline class some registered adapter supports."""
     names: list[str] = []
