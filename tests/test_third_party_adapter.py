@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,11 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """Install the example package into a temporary folder and make its entry point visible."""
+    source = tmp_path_factory.mktemp("source") / PACKAGE.name  # the build writes next to its sources
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp_path_factory.mktemp("site")
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"]
-    result = subprocess.run([*command, "--target", str(target), str(PACKAGE)], capture_output=True, text=True)
+    result = subprocess.run([*command, "--target", str(target), str(source)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
