@@ -135,6 +135,7 @@ class PipelineWatcher:
         self.log = log
         self.count = 0
         self._seen: weakref.WeakSet = weakref.WeakSet()
+        self._lock = threading.Lock()  # pipelines may be built in several threads
         self._depth = threading.local()
         self._installed: list[tuple[type, str, Any, Any]] = []  # (class, name, previous or None, ours)
 
@@ -187,12 +188,16 @@ class PipelineWatcher:
     # -- one pipeline ---------------------------------------------------------------------
     def found(self, pipe: Any) -> None:
         """Enable SRD on a newly built pipeline, or warn and leave it untouched."""
+        with self._lock:
+            if pipe in self._seen:
+                return
+            self._seen.add(pipe)
+            self._enable(pipe)
+
+    def _enable(self, pipe: Any) -> None:
         from .activation import apply_settings, describe_policy
         from .errors import UnsupportedPipelineError
 
-        if pipe in self._seen:
-            return
-        self._seen.add(pipe)
         name = type(pipe).__name__
         try:
             apply_settings(pipe, self.settings)

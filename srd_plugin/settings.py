@@ -275,18 +275,14 @@ def _nested_table(path: list[str], text: str, cls: type, name: str) -> Table:
 
 
 def _argument_layer(arguments: Mapping[str, Any], hints: Mapping[str, Any]) -> dict[str, Given]:
+    """Arguments are Python values: SRDConfig checks its fields, `enable` checks the renderer."""
     unknown = sorted(set(arguments) - set(hints))
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(hints)}")
-    layer = {}
-    for key, value in arguments.items():
-        origin = f"argument {key}"
-        if key in ACTIVATION_KEYS and isinstance(value, str | bool | type(None)):
-            value = _coerce(value, ACTIVATION_KEYS[key], origin)
-        elif key == "enable":
-            raise ValueError(f"{origin}: expected True or False, got {value!r}")
-        layer[key] = Given(value, origin)  # SRDConfig fields are validated by SRDConfig itself
-    return layer
+    for key, expected, ok in (("enable", "True or False", bool), ("trace_dir", "a folder path", (str, os.PathLike))):
+        if key in arguments and not isinstance(arguments[key], ok):
+            raise ValueError(f"argument {key}: expected {expected}, got {arguments[key]!r}")
+    return {key: Given(value, f"argument {key}") for key, value in arguments.items()}
 
 
 def _variable_names(hints: Mapping[str, Any]) -> list[str]:

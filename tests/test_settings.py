@@ -285,7 +285,8 @@ def test_environment_garbage_names_the_variable(key, text):
 
 def test_argument_errors():
     check_error(lambda: load_settings(environ={}, treshold=0.1), "unknown setting", "treshold")
-    check_error(lambda: load_settings(environ={}, enable="yes"), "argument enable", "true or false")
+    check_error(lambda: load_settings(environ={}, enable="yes"), "argument enable", "True or False")
+    check_error(lambda: load_settings(environ={}, trace_dir=3), "argument trace_dir", "a folder path")
     check_error(lambda: load_settings(environ={}, threshold=3.0), "argument threshold", "(0, 1]")
 
 
