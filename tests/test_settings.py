@@ -7,7 +7,6 @@ variable name, or argument), raised before anything is touched.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,19 @@ SCRATCH = Path(tempfile.mkdtemp(prefix="srd-settings-"))  # hypothesis examples 
 EXAMPLES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters as \\uXXXX escapes."""
+    escaped = (f"\\u{ord(c):04x}" if c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    return '"' + "".join(escaped) + '"'
+
+
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(value)
