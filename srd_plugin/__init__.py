@@ -9,8 +9,13 @@ call, adaptively, from how fast the guided x0 prediction still changes.
     srd.enable(pipe, renderer="Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
     video = pipe(prompt, num_inference_steps=50).frames[0]
     print(srd.last_trace(pipe).summary())
+
+Or, steered by a config file / SRD_* flags (off unless SRD_ENABLE or `enable` says so):
+
+    srd.activate(pipe)
 """
 
+from .activation import activate
 from .api import disable, enable, is_enabled, last_trace, sketch_render
 from .config import SRDConfig
 from .errors import IncompatibleRendererError, RendererFailureError, UnsupportedPipelineError
@@ -25,6 +30,7 @@ __all__ = [
     "SRDConfig",
     "UnsupportedPipelineError",
     "__version__",
+    "activate",
     "disable",
     "enable",
     "is_enabled",

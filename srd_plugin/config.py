@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,3 +159,17 @@ class SRDConfig:
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON-serialisable values (stored in every trace)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> SRDConfig:
+        """The settings of the `[srd]` table of a TOML file over the defaults (see `srd_plugin.settings`)."""
+        from .settings import config_from_file
+
+        return config_from_file(path, cls)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SRDConfig:
+        """The `SRD_*` variables over the file `SRD_CONFIG` names over the defaults (see `srd_plugin.settings`)."""
+        from .settings import config_from_env
+
+        return config_from_env(environ, cls)

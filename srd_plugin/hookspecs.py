@@ -51,6 +51,17 @@ def srd_supported_pipelines() -> list[str]:
     """
 
 
+@hookspec
+def srd_pipeline_classes() -> list[type]:
+    """Return the host classes whose construction `srd-run` watches (optional).
+
+    `srd-run` enables SRD on every instance of these classes right after it is built, and
+    on everything `DiffusionPipeline.from_pretrained` / `from_pipe` returns. Diffusers
+    classes named by `srd_supported_pipelines` are watched without this hook; implement it
+    for hosts outside diffusers (a hand-written denoising loop class).
+    """
+
+
 # -- set-up and tear-down ---------------------------------------------------------------
 @hookspec
 def srd_check_setup(session: Session) -> list[str] | None:

@@ -16,7 +16,11 @@ from . import hookspecs
 
 ENTRY_POINT_GROUP = "srd_plugin"
 
-BUILTIN_PLUGINS: tuple[str, ...] = ("srd_plugin.adapters.wan", "srd_plugin.adapters.cogvideox")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "srd_plugin.adapters.wan",
+    "srd_plugin.adapters.cogvideox",
+    "srd_plugin.trace_files",
+)
 
 _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
@@ -34,6 +38,19 @@ def get_plugin_manager() -> pluggy.PluginManager:
             manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
             _manager = manager
         return _manager
+
+
+def reload_plugin_manager() -> pluggy.PluginManager:
+    """Build the shared manager afresh, re-reading the "srd_plugin" entry points.
+
+    For an adapter package installed while the process runs (tests do this). Pipelines
+    enabled before keep the plugins they were enabled with; plugins registered by hand on
+    the old manager are not carried over.
+    """
+    global _manager
+    with _lock:
+        _manager = None
+    return get_plugin_manager()
 
 
 def supported_pipelines() -> list[str]:
