@@ -23,7 +23,7 @@ from diffusers import ContextParallelConfig, WanTransformer3DModel
 import srd_plugin as srd
 from srd_plugin import runtime
 from srd_plugin.parallel import cpu_device_count_shim
-from srd_plugin.parallel.context_parallel import context_parallel_config
+from srd_plugin.parallel.context_parallel import context_parallel_config, remove_context_parallel
 from srd_plugin.switching import Decision, make_policy
 from srd_plugin.testing import WanSize, tiny_call_kwargs, tiny_wan_pair, tiny_wan_transformer
 
@@ -132,6 +132,17 @@ def run(out: Path) -> dict[str, Any]:
     subclassed = subclassed_copy(renderer)
     srd.enable(pipe, subclassed, switch="step", switch_step=SWITCH_STEP)
     results["subclass"] = traced(pipe)
+    srd.disable(pipe)
+
+    # a split made after srd.enable is caught at the start of the next call, before any denoising
+    remove_context_parallel(pipe.transformer)
+    srd.enable(pipe, renderer, switch="step", switch_step=SWITCH_STEP)
+    pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+    try:
+        generate(pipe)
+        results["split_after_enable"] = "accepted"
+    except ValueError as error:
+        results["split_after_enable"] = str(error)
     srd.disable(pipe)
 
     # the example script's --tiny path, in this same process group

@@ -26,7 +26,7 @@ from parallel_worker import STEPS, SWITCH_STEP, SubclassedWan, subclassed_copy
 import srd_plugin as srd
 from srd_plugin import SRDConfig
 from srd_plugin.parallel import broadcast_from_rank0, fitting_ulysses_degrees
-from srd_plugin.parallel.context_parallel import degree_problems
+from srd_plugin.parallel.context_parallel import degree_problems, setup_problems
 from srd_plugin.runtime import session_of
 from srd_plugin.testing import tiny_call_kwargs, tiny_wan_pair, tiny_wan_pipeline
 
@@ -136,6 +136,11 @@ def test_incompatible_degrees_are_refused_with_the_degrees_that_fit(ranks):
         assert "pass only one of them" in rank["refused_twice_split"]
 
 
+def test_a_split_made_after_enable_is_refused_at_the_next_call(ranks):
+    for rank in ranks:
+        assert "the sketcher was split across processes after srd.enable" in rank["split_after_enable"]
+
+
 def test_example_tiny_run_agrees_across_ranks(ranks):
     assert [rank["example_exit_code"] for rank in ranks] == [0] * RANKS
 
@@ -169,6 +174,17 @@ def test_degree_problems_offer_the_same_process_count():
     cog = {"sketcher": 48, "renderer": 30}
     assert degree_problems(ContextParallelConfig(ulysses_degree=3), cog) == []
     assert "fit both models: 1, 2, 3, 6" in degree_problems(ContextParallelConfig(ulysses_degree=4), cog)[0]
+
+
+def test_setup_problems_name_the_attention_backend(renderer):
+    (ring,) = setup_problems(renderer, "renderer", ContextParallelConfig(ring_degree=2))
+    assert "ring attention (ring_degree=2) needs the log-sum-exp" in ring and "'_native_cudnn'" in ring
+    assert setup_problems(renderer, "renderer", ContextParallelConfig(ulysses_degree=2)) == []
+    renderer.set_attention_backend("_native_math")
+    (math_backend,) = setup_problems(renderer, "renderer", ContextParallelConfig(ulysses_degree=2))
+    assert "attention backend '_native_math', which diffusers cannot run context-parallel" in math_backend
+    renderer.set_attention_backend("_native_flash")
+    assert setup_problems(renderer, "renderer", ContextParallelConfig(ring_degree=2)) == []
 
 
 def test_parallel_config_without_torch_distributed_is_refused_before_any_change(pipe, renderer):

@@ -113,8 +113,8 @@ def degree_problems(config: ContextParallelConfig, heads: dict[str, int]) -> lis
     ]
 
 
-def setup_problems(model: torch.nn.Module, role: str) -> list[str]:
-    """What keeps diffusers' `enable_parallelism` from splitting this model (checked before any change)."""
+def setup_problems(model: torch.nn.Module, role: str, config: ContextParallelConfig) -> list[str]:
+    """What keeps diffusers from running this model split by `config` (checked before any change)."""
     name = type(model).__name__
     problems = []
     if getattr(model, "_cp_plan", None) is None:
@@ -127,6 +127,12 @@ def setup_problems(model: torch.nn.Module, role: str) -> list[str]:
         problems.append(
             f"context parallelism: the {role} ({name}) uses the attention backend {backend!r}, which diffusers cannot "
             f"run context-parallel; call {role}.set_attention_backend('native') (or another backend that supports it)"
+        )
+    if backend == "native" and config.ring_degree > 1:
+        problems.append(
+            f"context parallelism: ring attention (ring_degree={config.ring_degree}) needs the log-sum-exp of each "
+            f"attention block, which the {role}'s 'native' attention backend does not return; call "
+            f"{role}.set_attention_backend('_native_cudnn') (or '_native_flash', 'flash') first"
         )
     return problems
 

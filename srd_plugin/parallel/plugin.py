@@ -94,7 +94,7 @@ def srd_check_setup(session: Any) -> list[str]:
     if to_split:
         problems += _environment_problems(config, check_world=requested is not None)
     for role, model in to_split:
-        problems += setup_problems(model, role)
+        problems += setup_problems(model, role, config)
     heads = {role: num_heads(model) for role, model in (("sketcher", sketcher), ("renderer", renderer))}
     problems += degree_problems(config, {role: count for role, count in heads.items() if count is not None})
     return problems
@@ -164,13 +164,19 @@ def srd_restore_model(session: Any, role: str, model: torch.nn.Module) -> None:
 @hookimpl
 def srd_run_start(session: Any, run: Any) -> None:
     state = session.plugin_state.get(STATE_KEY)
-    if state is not None:
-        config = state.config
-        run.trace.events.append(
-            f"context parallel over {dist.get_world_size(state.group)} processes "
-            f"({config_text(config.ulysses_degree, config.ring_degree)}): switch decisions and step_seconds "
-            "are those of the group's first rank"
-        )
+    if state is None:
+        if session.renderer is not session.sketcher and context_parallel_config(session.sketcher) is not None:
+            raise ValueError(
+                "context parallelism: the sketcher was split across processes after srd.enable, the renderer was "
+                "not; call srd.enable(pipe, renderer, ...) again after enable_parallelism"
+            )
+        return
+    config = state.config
+    run.trace.events.append(
+        f"context parallel over {dist.get_world_size(state.group)} processes "
+        f"({config_text(config.ulysses_degree, config.ring_degree)}): switch decisions and step_seconds "
+        "are those of the group's first rank"
+    )
 
 
 @hookimpl
