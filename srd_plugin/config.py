@@ -52,6 +52,12 @@ class SRDConfig:
             the border) and loads a renderer path in the sketcher's dtype; "float32",
             "float16" or "bfloat16" converts the renderer to that dtype.
 
+    Several processes (see docs/multi_gpu.md):
+        parallel_config: None, or a diffusers `ContextParallelConfig` that `enable` applies to
+            the sketcher and, with the same degrees on the same device mesh, to the renderer
+            (launch with torchrun). A sketcher already parallelised with
+            `enable_parallelism(config=...)` needs nothing here: the renderer follows it.
+
     Faults:
         on_renderer_failure: "fallback" (default) hands the rest of the call back to the
             sketcher when the renderer returns NaN/Inf; "raise" raises
@@ -81,6 +87,7 @@ class SRDConfig:
     align: str = "auto"
     renderer_scaling_factor: float | None = None
     renderer_scheduler_config: dict[str, Any] | None = None
+    parallel_config: Any = None
 
     def __post_init__(self) -> None:
         self._validate()
@@ -129,6 +136,15 @@ class SRDConfig:
                 scheduler_config,
                 "None or a dict with string keys, as in the renderer's scheduler_config.json",
             )
+        if self.parallel_config is not None:
+            from diffusers import ContextParallelConfig
+
+            if not isinstance(self.parallel_config, ContextParallelConfig):
+                _fail(
+                    "parallel_config",
+                    self.parallel_config,
+                    "None or a diffusers ContextParallelConfig(ulysses_degree=..., ring_degree=...)",
+                )
 
     def _validate_policy_parameter(self, field: str, policy: str, allowed: str, ok: Any) -> None:
         value = getattr(self, field)
@@ -157,8 +173,17 @@ class SRDConfig:
         return max(math.ceil(0.6 * num_steps), self.min_sketch_steps)
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON-serialisable values (stored in every trace)."""
-        return dataclasses.asdict(self)
+        """The settings as plain JSON-serialisable values (stored in every trace).
+
+        `parallel_config` holds a device mesh after use, so it is written as its settings only.
+        """
+        if self.parallel_config is None:
+            return dataclasses.asdict(self)
+        from .parallel.context_parallel import describe_config
+
+        data = dataclasses.asdict(dataclasses.replace(self, parallel_config=None))
+        data["parallel_config"] = describe_config(self.parallel_config)
+        return data
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SRDConfig:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
 
     from .adapters.base import Adapter
     from .runtime import Run, Session
+    from .switching import Decision
 
 PROJECT_NAME = "srd_plugin"
 
@@ -113,3 +114,27 @@ def srd_switch(session: Session, run: Run, step_index: int) -> None:
 @hookspec
 def srd_run_end(session: Session, run: Run) -> None:
     """The call ended: after its last step, or when it was aborted (`run.trace.completed` is False)."""
+
+
+# -- distributed runs (appended: context parallelism) ----------------------------------------
+@hookspec
+def srd_before_install(session: Session) -> None:
+    """`enable` passed every check; the router is about to be registered on the sketcher.
+
+    Hooks a plugin registers on the sketcher's top module here sit *inside* the router, so
+    they see only the calls the sketcher itself runs. The router must stay the outermost
+    hook: a hook outside it would also transform the calls it forwards to the renderer
+    (diffusers' context-parallel split hook would shard the renderer's inputs twice).
+    Undo it in `srd_restore_model`.
+    """
+
+
+@hookspec(firstresult=True)
+def srd_agree_decision(session: Session, run: Run, step_index: int, decision: Decision) -> Decision | None:
+    """Return the switch decision every process of a distributed run must follow (None: keep the local one).
+
+    Called after the policy decided on step `step_index`, before the decision is recorded
+    or acted on. When several processes run one generation together (context
+    parallelism), each must switch at the same step or their collectives no longer match:
+    a plugin decides once (e.g. rank 0) and shares the result.
+    """

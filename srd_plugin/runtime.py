@@ -152,6 +152,7 @@ class Session:
         self.adapter.prepare_session(self)
         self._registry_existed = hasattr(self.sketcher, "_diffusers_hook")
         self._forward_was_instance_attr = "forward" in self.sketcher.__dict__
+        self.hook.srd_before_install(session=self)  # e.g. context parallelism, which must sit inside the router
         registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
         self._router = RouterHook(self)
         registry.register_hook(self._router, ROUTER_HOOK_NAME)
@@ -309,6 +310,9 @@ class Session:
         decision = None
         if run.phase == SKETCH and not run.policy_done:
             decision = run.policy.after_step(index, x0)
+            # distributed runs: every process follows one shared decision (see srd_agree_decision)
+            agreed = self.hook.srd_agree_decision(session=self, run=run, step_index=index, decision=decision)
+            decision = agreed if agreed is not None else decision
         trace.metrics.append(decision.metric if decision else None)
         trace.distances.append(decision.distance if decision else None)
         self.hook.srd_step_end(session=self, run=run, step_index=index)
