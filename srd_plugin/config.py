@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 SWITCH_POLICIES = ("adaptive", "step", "ratio", "boundary")
@@ -87,7 +87,7 @@ class SRDConfig:
     align: str = "auto"
     renderer_scaling_factor: float | None = None
     renderer_scheduler_config: dict[str, Any] | None = None
-    parallel_config: Any = None
+    parallel_config: Any = field(default=None, metadata={"from_text": False})
 
     def __post_init__(self) -> None:
         self._validate()

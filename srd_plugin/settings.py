@@ -359,7 +359,11 @@ def _resolve_path(given: Given) -> Path:
 
 # -- types ---------------------------------------------------------------------------------
 def field_hints(cls: type) -> dict[str, Any]:
-    """The init fields of dataclass `cls` with their resolved type hints."""
+    """The init fields of dataclass `cls` with their resolved type hints.
+
+    A field whose metadata says `from_text=False` (an object only code can build, such as
+    `SRDConfig.parallel_config`) is left out: files and variables cannot set it.
+    """
     try:
         hints = typing.get_type_hints(cls)
     except NameError as error:
@@ -367,7 +371,7 @@ def field_hints(cls: type) -> dict[str, Any]:
             f"cannot resolve the type hints of {cls.__name__} ({error}); import the types its fields use at "
             "module level, not only under TYPE_CHECKING"
         ) from error
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and f.metadata.get("from_text", True)}
 
 
 def _options(hint: Any) -> tuple[bool, tuple[Any, ...]]:
