@@ -40,6 +40,8 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
         UnsupportedPipelineError: no adapter recognises the pipeline.
         IncompatibleRendererError: the renderer cannot replace the sketcher (every mismatch named).
         ValueError: a bad config value, a missing renderer path, a plugin-reported problem.
+    If installing fails half-way (a plugin's `srd_prepare_model` raising), the partial work is
+    undone and a previous setup of this pipeline is put back before the error propagates.
     """
     config = _resolve_config(config, overrides)
     manager = get_plugin_manager()
@@ -64,9 +66,17 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
     if plugin_problems:
         raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in plugin_problems))
     _place(sketcher, renderer_module, config)
-    disable(pipe)
+    previous = _SESSIONS.pop(pipe, None)
+    if previous is not None:
+        previous.uninstall()
     session.refresh_dtypes()
-    session.install()
+    try:
+        session.install()  # removes its own partial work if it fails
+    except BaseException:
+        if previous is not None:  # a failed enable leaves the previous setup in place
+            previous.install()
+            _SESSIONS[pipe] = previous
+        raise
     _SESSIONS[pipe] = session
     return pipe
 

@@ -145,26 +145,43 @@ class Session:
 
     # -- install / uninstall ---------------------------------------------------------------
     def install(self) -> None:
-        self.adapter.prepare_session(self)
+        """Install the router, the scheduler wrapper and the plugins' preparations.
+
+        If any part fails (a plugin's `srd_prepare_model` raising, say), whatever was
+        already installed is removed again before the error propagates, so a failed
+        install leaves the pipeline as it was.
+        """
         self._registry_existed = hasattr(self.sketcher, "_diffusers_hook")
         self._forward_was_instance_attr = "forward" in self.sketcher.__dict__
-        registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
-        self._router = RouterHook(self)
-        registry.register_hook(self._router, ROUTER_HOOK_NAME)
-        self._wrap_scheduler(self.pipe.scheduler)
         self.installed = True
-        for role in (SKETCH, RENDER):
-            self.hook.srd_prepare_model(session=self, role=role, model=self.model(role))
+        try:
+            self.adapter.prepare_session(self)
+            registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
+            self._router = RouterHook(self)
+            registry.register_hook(self._router, ROUTER_HOOK_NAME)
+            self._wrap_scheduler(self.pipe.scheduler)
+            for role in (SKETCH, RENDER):
+                self.hook.srd_prepare_model(session=self, role=role, model=self.model(role))
+        except BaseException:
+            self.uninstall()
+            raise
 
     def uninstall(self) -> None:
+        """Undo `install`. Our own interceptions are removed even when a plugin's hook raises
+        on the way (the error still propagates), so `disable` always restores the host."""
         if not self.installed:
             return
-        if self.active_run is not None:
-            self.abort_run(self.active_run, None)
-        for role in (RENDER, SKETCH):
-            self.hook.srd_restore_model(session=self, role=role, model=self.model(role))
+        with contextlib.ExitStack() as cleanup:  # callbacks run last-in first-out, each even if another raised
+            cleanup.callback(self._remove_interceptions)
+            for role in (SKETCH, RENDER):
+                cleanup.callback(self.hook.srd_restore_model, session=self, role=role, model=self.model(role))
+            if self.active_run is not None:
+                self.abort_run(self.active_run, None)
+
+    def _remove_interceptions(self) -> None:
         registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
-        registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
+        if self._router is not None and registry.get_hook(ROUTER_HOOK_NAME) is self._router:
+            registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
         if not registry.hooks:
             # leave the module exactly as we found it
             if not self._forward_was_instance_attr:
@@ -252,17 +269,27 @@ class Session:
             _LAST_TRACES[pipe] = trace
         self.active_run = run
         try:
-            self._place_renderer()
-        except RuntimeError as error:  # torch.OutOfMemoryError is one
-            self.fall_back(run, f"moving the renderer to the sketcher's device failed ({error})", error)
-        self.hook.srd_run_start(session=self, run=run)
-        if first_phase == RENDER:
-            self._switch(run, 0)
-        if run.num_steps == 0:
-            self._end_run(run)
+            try:
+                self._place_renderer()
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
+                self.fall_back(run, f"moving the renderer to the sketcher's device failed ({error})", error)
+            self.hook.srd_run_start(session=self, run=run)
+            if first_phase == RENDER:
+                self._switch(run, 0)
+            if run.num_steps == 0:
+                self._end_run(run)
+        except BaseException as error:  # a plugin's hook, or on_renderer_failure="raise"
+            self.abort_run(run, error)
+            raise
 
     def _place_renderer(self) -> None:
-        """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`)."""
+        """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`).
+
+        A renderer that another enabled pipeline shares is not pulled away from it (that
+        pipeline may be in the middle of a call in another thread): the RuntimeError makes
+        this call fall back to the sketcher. A move that fails half-way (out of memory) is
+        undone, so the renderer's weights do not keep device memory the sketcher now needs.
+        """
         if self.renderer is self.sketcher or not self.config.move_renderer:
             return
         device = module_device(self.sketcher)
