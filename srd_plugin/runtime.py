@@ -32,7 +32,7 @@ from .adapters.base import Adapter, all_finite, module_device, module_dtype
 from .config import SRDConfig
 from .errors import RendererFailureError
 from .switching import RENDER, SKETCH, SwitchPolicy, make_policy
-from .trace import RunTrace
+from .trace import MIXED, RunTrace
 
 ROUTER_HOOK_NAME = "srd_router"
 
@@ -60,8 +60,19 @@ class Run:
     step_index: int = 0
     policy_done: bool = False
     fell_back: bool = False
+    #: the models that served the transformer calls of the current step (normally exactly one)
+    step_models: set[str] = field(default_factory=set)
     last_time: float = field(default_factory=time.perf_counter)
     plugin_state: dict[str, Any] = field(default_factory=dict)
+
+
+def _step_role(run: Run) -> str:
+    """The model that served the step's transformer calls: its role, or "mixed" when the
+    renderer failed after an earlier call of the same step had used it (see `_renderer_failed`).
+    A step without any transformer call (a host that skips the model) gets the run's phase."""
+    if len(run.step_models) > 1:
+        return MIXED
+    return next(iter(run.step_models), run.phase)
 
 
 class _NoState(BaseState):
@@ -93,6 +104,7 @@ class RouterHook(ModelHook):
         try:
             if run.phase == RENDER:
                 return session.render(run, args, kwargs, self.context._context)
+            run.step_models.add(SKETCH)
             return self.fn_ref.original_forward(*args, **kwargs)
         except BaseException as error:
             session.abort_run(run, error)
@@ -322,7 +334,8 @@ class Session:
         now = time.perf_counter()
         index = run.step_index
         trace = run.trace
-        trace.roles.append(run.phase)
+        trace.roles.append(_step_role(run))
+        run.step_models.clear()
         trace.step_seconds.append(now - run.last_time)
         run.last_time = now
         decision = None
@@ -374,6 +387,7 @@ class Session:
             )
             raise
         if all_finite(output):
+            run.step_models.add(RENDER)
             return output
         return self._renderer_failed(run, args, kwargs)
 
@@ -396,7 +410,24 @@ class Session:
         )
 
     def _renderer_failed(self, run: Run, args: tuple, kwargs: dict[str, Any]) -> Any:
-        self.fall_back(run, f"the renderer returned NaN or Inf at step {run.step_index}")
+        """The sketcher redoes this call; the reason says what the user needs to know.
+
+        The output is only checked (never the inputs, which would double the cost); the inputs
+        are looked at once it failed, so that NaN latents coming from upstream (the sketcher's
+        steps, the scheduler) are not blamed on the renderer. A failure in a later CFG call of
+        a step whose earlier call the renderer served cannot be undone (the host holds that
+        output already): the step is then recorded as "mixed" in the trace.
+        """
+        reason = f"the renderer returned NaN or Inf at step {run.step_index}"
+        if not all_finite((args, kwargs)):
+            reason += " from inputs that already held NaN or Inf (the fault is upstream of the renderer)"
+        if RENDER in run.step_models:
+            reason += (
+                "; an earlier call of this step used the renderer's output, so this step mixes both models"
+                " (recorded as 'mixed' in the trace)"
+            )
+        self.fall_back(run, reason)
+        run.step_models.add(SKETCH)
         return self._router.fn_ref.original_forward(*args, **kwargs)
 
     def fall_back(self, run: Run, reason: str, error: BaseException | None = None) -> None:
