@@ -19,7 +19,8 @@ from .adapters.base import module_device, module_dtype
 from .config import SRDConfig
 from .errors import IncompatibleRendererError, UnsupportedPipelineError
 from .manager import get_plugin_manager, supported_pipelines
-from .runtime import _SESSIONS, Session, last_trace_of, session_of
+from .runtime import _SESSIONS, Session, last_trace_of, other_sessions, session_of
+from .sharing import sharing_problems
 from .trace import RunTrace
 
 
@@ -39,7 +40,8 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
     Raises (before any change to the pipeline):
         UnsupportedPipelineError: no adapter recognises the pipeline.
         IncompatibleRendererError: the renderer cannot replace the sketcher (every mismatch named).
-        ValueError: a bad config value, a missing renderer path, a plugin-reported problem.
+        ValueError: a bad config value, a missing renderer path, a plugin-reported problem, a
+            sketcher or scheduler already used by another enabled pipeline (`sharing.py`).
     If installing fails half-way (a plugin's `srd_prepare_model` raising), the partial work is
     undone and a previous setup of this pipeline is put back before the error propagates.
     """
@@ -62,9 +64,10 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
             stacklevel=2,
         )
     session = Session(pipe, adapter, sketcher, renderer_module, config, manager)
-    plugin_problems = [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
-    if plugin_problems:
-        raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in plugin_problems))
+    problems = sharing_problems(pipe, sketcher, renderer_module, config, other_sessions(session_of(pipe)))
+    problems += [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
+    if problems:
+        raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in problems))
     _place(sketcher, renderer_module, config)
     previous = _SESSIONS.pop(pipe, None)
     if previous is not None:

@@ -49,6 +49,11 @@ def last_trace_of(pipe: Any) -> RunTrace | None:
     return _LAST_TRACES.get(pipe)
 
 
+def other_sessions(session: Session | None) -> list[Session]:
+    """The sessions of every other enabled pipeline (a snapshot, safe while other threads enable)."""
+    return [s for s in list(_SESSIONS.values()) if s is not session]
+
+
 @dataclass
 class Run:
     """State of one pipeline call; created fresh by `set_timesteps`."""
@@ -305,8 +310,21 @@ class Session:
         if self.renderer is self.sketcher or not self.config.move_renderer:
             return
         device = module_device(self.sketcher)
-        if device.type != "meta" and module_device(self.renderer) != device:
-            self.renderer.to(device)
+        home = module_device(self.renderer)
+        if device.type != "meta" and home != device:
+            others = [
+                s for s in other_sessions(self) if s.renderer is self.renderer and module_device(s.sketcher) != device
+            ]
+            if others:
+                raise RuntimeError(
+                    f"the renderer is shared with another SRD-enabled {others[0].pipeline_name} on {home}; moving it "
+                    f"to {device} would pull it away from that pipeline (give each pipeline its own renderer)"
+                )
+            try:
+                self.renderer.to(device)
+            except BaseException:
+                self.renderer.to(home)
+                raise
         self.refresh_dtypes()
 
     def scheduler_step(self, run: Run, original_step: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
