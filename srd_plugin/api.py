@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,9 @@ from .manager import get_plugin_manager, supported_pipelines
 from .runtime import _SESSIONS, Session, last_trace_of, other_sessions, session_of
 from .sharing import sharing_problems
 from .trace import RunTrace
+
+#: held while a setup is checked against the other enabled pipelines and swapped in or out
+_SETUP_LOCK = threading.RLock()
 
 
 def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **overrides: Any) -> Any:
@@ -64,31 +68,33 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
             stacklevel=2,
         )
     session = Session(pipe, adapter, sketcher, renderer_module, config, manager)
-    problems = sharing_problems(pipe, sketcher, renderer_module, config, other_sessions(session_of(pipe)))
-    problems += [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
-    if problems:
-        raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in problems))
-    _place(sketcher, renderer_module, config)
-    previous = _SESSIONS.pop(pipe, None)
-    if previous is not None:
-        previous.uninstall()
-    session.refresh_dtypes()
-    try:
-        session.install()  # removes its own partial work if it fails
-    except BaseException:
-        if previous is not None:  # a failed enable leaves the previous setup in place
-            previous.install()
-            _SESSIONS[pipe] = previous
-        raise
-    _SESSIONS[pipe] = session
+    with _SETUP_LOCK:  # enable / disable in other threads must not interleave with the checks and the swap
+        problems = sharing_problems(pipe, sketcher, renderer_module, config, other_sessions(session_of(pipe)))
+        problems += [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
+        if problems:
+            raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in problems))
+        _place(sketcher, renderer_module, config)
+        previous = _SESSIONS.pop(pipe, None)
+        if previous is not None:
+            previous.uninstall()
+        session.refresh_dtypes()
+        try:
+            session.install()  # removes its own partial work if it fails
+        except BaseException:
+            if previous is not None:  # a failed enable leaves the previous setup in place
+                previous.install()
+                _SESSIONS[pipe] = previous
+            raise
+        _SESSIONS[pipe] = session
     return pipe
 
 
 def disable(pipe: Any) -> Any:
     """Remove SRD from the pipeline; afterwards it behaves exactly as if never enabled. Idempotent."""
-    session = _SESSIONS.pop(pipe, None)
-    if session is not None:
-        session.uninstall()
+    with _SETUP_LOCK:
+        session = _SESSIONS.pop(pipe, None)
+        if session is not None:
+            session.uninstall()
     return pipe
 
 
