@@ -688,7 +688,7 @@ def test_a_shared_renderer_is_never_moved_or_converted_under_another_pipeline(re
     with pytest.raises(ValueError, match="renderer: it is shared with another SRD-enabled WanPipeline.*convert"):
         srd.enable(other, renderer, renderer_dtype="bfloat16")
     assert renderer.dtype == torch.float32 and not srd.is_enabled(other)
-    # a call that would have to move it: `user`'s sketcher "lives" on meta (never called here)
+    # a call that would have to move it: `far`'s sketcher "lives" on meta (it is never called here)
     with torch.device("meta"):
         far_sketcher = tiny_wan_transformer()
     far = new_pipe(seed=7, transformer=far_sketcher)
