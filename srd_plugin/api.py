@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +20,12 @@ from .adapters.base import module_device, module_dtype
 from .config import SRDConfig
 from .errors import IncompatibleRendererError, UnsupportedPipelineError
 from .manager import get_plugin_manager, supported_pipelines
-from .runtime import _SESSIONS, Session, last_trace_of, session_of
+from .runtime import _SESSIONS, Session, last_trace_of, other_sessions, session_of
+from .sharing import sharing_problems
 from .trace import RunTrace
+
+#: held while a setup is checked against the other enabled pipelines and swapped in or out
+_SETUP_LOCK = threading.RLock()
 
 
 def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **overrides: Any) -> Any:
@@ -39,7 +44,10 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
     Raises (before any change to the pipeline):
         UnsupportedPipelineError: no adapter recognises the pipeline.
         IncompatibleRendererError: the renderer cannot replace the sketcher (every mismatch named).
-        ValueError: a bad config value, a missing renderer path, a plugin-reported problem.
+        ValueError: a bad config value, a missing renderer path, a plugin-reported problem, a
+            sketcher or scheduler already used by another enabled pipeline (`sharing.py`).
+    If installing fails half-way (a plugin's `srd_prepare_model` raising), the partial work is
+    undone and a previous setup of this pipeline is put back before the error propagates.
     """
     config = _resolve_config(config, overrides)
     manager = get_plugin_manager()
@@ -61,22 +69,33 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
         )
     source = os.fspath(renderer) if isinstance(renderer, (str, os.PathLike)) else None
     session = Session(pipe, adapter, sketcher, renderer_module, config, manager, renderer_source=source)
-    plugin_problems = [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
-    if plugin_problems:
-        raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in plugin_problems))
-    _place(sketcher, renderer_module, config)
-    disable(pipe)
-    session.refresh_dtypes()
-    session.install()
-    _SESSIONS[pipe] = session
+    with _SETUP_LOCK:  # enable / disable in other threads must not interleave with the checks and the swap
+        problems = sharing_problems(pipe, sketcher, renderer_module, config, other_sessions(session_of(pipe)))
+        problems += [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
+        if problems:
+            raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in problems))
+        _place(sketcher, renderer_module, config)
+        previous = _SESSIONS.pop(pipe, None)
+        if previous is not None:
+            previous.uninstall()
+        session.refresh_dtypes()
+        try:
+            session.install()  # removes its own partial work if it fails
+        except BaseException:
+            if previous is not None:  # a failed enable leaves the previous setup in place
+                previous.install()
+                _SESSIONS[pipe] = previous
+            raise
+        _SESSIONS[pipe] = session
     return pipe
 
 
 def disable(pipe: Any) -> Any:
     """Remove SRD from the pipeline; afterwards it behaves exactly as if never enabled. Idempotent."""
-    session = _SESSIONS.pop(pipe, None)
-    if session is not None:
-        session.uninstall()
+    with _SETUP_LOCK:
+        session = _SESSIONS.pop(pipe, None)
+        if session is not None:
+            session.uninstall()
     return pipe
 
 

@@ -84,7 +84,12 @@ def srd_prepare_model(session: Session, role: str, model: torch.nn.Module) -> No
 
 @hookspec
 def srd_restore_model(session: Session, role: str, model: torch.nn.Module) -> None:
-    """Undo `srd_prepare_model` for one model; called by `disable` (and by a re-`enable`)."""
+    """Undo `srd_prepare_model` for one model; called by `disable` (and by a re-`enable`).
+
+    Also called after an `enable` that failed half-way, possibly for a model this plugin
+    never prepared: undo only what is there. If it raises, SRD's own interceptions are
+    still removed and the error propagates.
+    """
 
 
 # -- one pipeline call ------------------------------------------------------------------

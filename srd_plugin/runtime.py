@@ -32,7 +32,7 @@ from .adapters.base import Adapter, all_finite, module_device, module_dtype
 from .config import SRDConfig
 from .errors import RendererFailureError
 from .switching import RENDER, SKETCH, SwitchPolicy, make_policy
-from .trace import RunTrace
+from .trace import MIXED, RunTrace
 
 ROUTER_HOOK_NAME = "srd_router"
 
@@ -49,6 +49,11 @@ def last_trace_of(pipe: Any) -> RunTrace | None:
     return _LAST_TRACES.get(pipe)
 
 
+def other_sessions(session: Session | None) -> list[Session]:
+    """The sessions of every other enabled pipeline (a snapshot, safe while other threads enable)."""
+    return [s for s in list(_SESSIONS.values()) if s is not session]
+
+
 @dataclass
 class Run:
     """State of one pipeline call; created fresh by `set_timesteps`."""
@@ -60,8 +65,19 @@ class Run:
     step_index: int = 0
     policy_done: bool = False
     fell_back: bool = False
+    #: the models that served the transformer calls of the current step (normally exactly one)
+    step_models: set[str] = field(default_factory=set)
     last_time: float = field(default_factory=time.perf_counter)
     plugin_state: dict[str, Any] = field(default_factory=dict)
+
+
+def _step_role(run: Run) -> str:
+    """The model that served the step's transformer calls: its role, or "mixed" when the
+    renderer failed after an earlier call of the same step had used it (see `_renderer_failed`).
+    A step without any transformer call (a host that skips the model) gets the run's phase."""
+    if len(run.step_models) > 1:
+        return MIXED
+    return next(iter(run.step_models), run.phase)
 
 
 class _NoState(BaseState):
@@ -93,6 +109,7 @@ class RouterHook(ModelHook):
         try:
             if run.phase == RENDER:
                 return session.render(run, args, kwargs, self.context._context)
+            run.step_models.add(SKETCH)
             return self.fn_ref.original_forward(*args, **kwargs)
         except BaseException as error:
             session.abort_run(run, error)
@@ -149,27 +166,44 @@ class Session:
 
     # -- install / uninstall ---------------------------------------------------------------
     def install(self) -> None:
-        self.adapter.prepare_session(self)
+        """Install the router, the scheduler wrapper and the plugins' preparations.
+
+        If any part fails (a plugin's `srd_prepare_model` raising, say), whatever was
+        already installed is removed again before the error propagates, so a failed
+        install leaves the pipeline as it was.
+        """
         self._registry_existed = hasattr(self.sketcher, "_diffusers_hook")
         self._forward_was_instance_attr = "forward" in self.sketcher.__dict__
-        self.hook.srd_before_install(session=self)  # e.g. context parallelism, which must sit inside the router
-        registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
-        self._router = RouterHook(self)
-        registry.register_hook(self._router, ROUTER_HOOK_NAME)
-        self._wrap_scheduler(self.pipe.scheduler)
         self.installed = True
-        for role in (SKETCH, RENDER):
-            self.hook.srd_prepare_model(session=self, role=role, model=self.model(role))
+        try:
+            self.adapter.prepare_session(self)
+            self.hook.srd_before_install(session=self)  # e.g. context parallelism, which must sit inside the router
+            registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
+            self._router = RouterHook(self)
+            registry.register_hook(self._router, ROUTER_HOOK_NAME)
+            self._wrap_scheduler(self.pipe.scheduler)
+            for role in (SKETCH, RENDER):
+                self.hook.srd_prepare_model(session=self, role=role, model=self.model(role))
+        except BaseException:
+            self.uninstall()
+            raise
 
     def uninstall(self) -> None:
+        """Undo `install`. Our own interceptions are removed even when a plugin's hook raises
+        on the way (the error still propagates), so `disable` always restores the host."""
         if not self.installed:
             return
-        if self.active_run is not None:
-            self.abort_run(self.active_run, None)
-        for role in (RENDER, SKETCH):
-            self.hook.srd_restore_model(session=self, role=role, model=self.model(role))
+        with contextlib.ExitStack() as cleanup:  # callbacks run last-in first-out, each even if another raised
+            cleanup.callback(self._remove_interceptions)
+            for role in (SKETCH, RENDER):
+                cleanup.callback(self.hook.srd_restore_model, session=self, role=role, model=self.model(role))
+            if self.active_run is not None:
+                self.abort_run(self.active_run, None)
+
+    def _remove_interceptions(self) -> None:
         registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
-        registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
+        if self._router is not None and registry.get_hook(ROUTER_HOOK_NAME) is self._router:
+            registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
         if not registry.hooks:
             # leave the module exactly as we found it
             if not self._forward_was_instance_attr:
@@ -257,26 +291,45 @@ class Session:
             _LAST_TRACES[pipe] = trace
         self.active_run = run
         try:
-            self._place_renderer()
-        except RuntimeError as error:  # torch.OutOfMemoryError is one
-            self.fall_back(run, f"moving the renderer to the sketcher's device failed ({error})", error)
-        try:
+            try:
+                self._place_renderer()
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
+                self.fall_back(run, f"moving the renderer to the sketcher's device failed ({error})", error)
             self.hook.srd_run_start(session=self, run=run)
-        except BaseException as error:  # a plugin refused this call: leave no half-started run behind
+            if first_phase == RENDER:
+                self._switch(run, 0)
+            if run.num_steps == 0:
+                self._end_run(run)
+        except BaseException as error:  # a plugin's hook, or on_renderer_failure="raise"
             self.abort_run(run, error)
             raise
-        if first_phase == RENDER:
-            self._switch(run, 0)
-        if run.num_steps == 0:
-            self._end_run(run)
 
     def _place_renderer(self) -> None:
-        """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`)."""
+        """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`).
+
+        A renderer that another enabled pipeline shares is not pulled away from it (that
+        pipeline may be in the middle of a call in another thread): the RuntimeError makes
+        this call fall back to the sketcher. A move that fails half-way (out of memory) is
+        undone, so the renderer's weights do not keep device memory the sketcher now needs.
+        """
         if self.renderer is self.sketcher or not self.config.move_renderer:
             return
         device = module_device(self.sketcher)
-        if device.type != "meta" and module_device(self.renderer) != device:
-            self.renderer.to(device)
+        home = module_device(self.renderer)
+        if device.type != "meta" and home != device:
+            others = [
+                s for s in other_sessions(self) if s.renderer is self.renderer and module_device(s.sketcher) != device
+            ]
+            if others:
+                raise RuntimeError(
+                    f"the renderer is shared with another SRD-enabled {others[0].pipeline_name} on {home}; moving it "
+                    f"to {device} would pull it away from that pipeline (give each pipeline its own renderer)"
+                )
+            try:
+                self.renderer.to(device)
+            except BaseException:
+                self.renderer.to(home)
+                raise
         self.refresh_dtypes()
 
     def scheduler_step(self, run: Run, original_step: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -304,7 +357,8 @@ class Session:
         now = time.perf_counter()
         index = run.step_index
         trace = run.trace
-        trace.roles.append(run.phase)
+        trace.roles.append(_step_role(run))
+        run.step_models.clear()
         trace.step_seconds.append(now - run.last_time)
         run.last_time = now
         decision = None
@@ -359,6 +413,7 @@ class Session:
             )
             raise
         if all_finite(output):
+            run.step_models.add(RENDER)
             return output
         return self._renderer_failed(run, args, kwargs)
 
@@ -381,7 +436,24 @@ class Session:
         )
 
     def _renderer_failed(self, run: Run, args: tuple, kwargs: dict[str, Any]) -> Any:
-        self.fall_back(run, f"the renderer returned NaN or Inf at step {run.step_index}")
+        """The sketcher redoes this call; the reason says what the user needs to know.
+
+        The output is only checked (never the inputs, which would double the cost); the inputs
+        are looked at once it failed, so that NaN latents coming from upstream (the sketcher's
+        steps, the scheduler) are not blamed on the renderer. A failure in a later CFG call of
+        a step whose earlier call the renderer served cannot be undone (the host holds that
+        output already): the step is then recorded as "mixed" in the trace.
+        """
+        reason = f"the renderer returned NaN or Inf at step {run.step_index}"
+        if not all_finite((args, kwargs)):
+            reason += " from inputs that already held NaN or Inf (the fault is upstream of the renderer)"
+        if RENDER in run.step_models:
+            reason += (
+                "; an earlier call of this step used the renderer's output, so this step mixes both models"
+                " (recorded as 'mixed' in the trace)"
+            )
+        self.fall_back(run, reason)
+        run.step_models.add(SKETCH)
         return self._router.fn_ref.original_forward(*args, **kwargs)
 
     def fall_back(self, run: Run, reason: str, error: BaseException | None = None) -> None:

@@ -156,7 +156,14 @@ class AdaptivePolicy(SwitchPolicy):
         return self.update(step_index, distance)
 
     def update(self, step_index: int, distance: float | None) -> Decision:
-        """The scalar part of the rule: from d_i (None at step 0) to (s_i, switch)."""
+        """The scalar part of the rule: from d_i (None at step 0) to (s_i, switch).
+
+        A NaN or infinite d_i (the sketcher's own x0 prediction held NaN/Inf) is treated as
+        undefined, like d_0: it is no evidence of settling, so only `max_sketch_steps` can
+        switch until two finite values follow, and the trace stays plain JSON (None, not NaN).
+        """
+        if distance is not None and not math.isfinite(distance):
+            distance = None
         metric = None
         if distance is not None and self._previous_distance is not None:
             metric = self._previous_distance - distance

@@ -11,12 +11,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+#: the role of a step whose CFG calls did not all run on one model: only after the renderer
+#: failed (NaN/Inf) in a later call of a step whose earlier call it had served
+MIXED = "mixed"
+
 
 @dataclass
 class RunTrace:
     """Per-step record of one pipeline call.
 
-    roles: "sketch" or "render" for each completed step.
+    roles: "sketch" or "render" for each completed step ("mixed" for a step in which the
+        renderer failed after serving an earlier CFG call of that step, see `MIXED`).
     switch_step: index of the first render step, None if the renderer never ran.
     metrics: the adaptive quantity s_i per step (None where undefined or not computed).
     distances: the adaptive d_i per step (None where undefined or not computed).
@@ -86,7 +91,7 @@ class RunTrace:
         if not self.completed:
             head += f" (stopped after {len(self.roles)} steps)"
         lines = [head, f"  {'role':<8}{'steps':>7}{'range':>12}{'seconds':>10}{'s/step':>9}"]
-        for role in ("sketch", "render"):
+        for role in ("sketch", "render", MIXED) if MIXED in self.roles else ("sketch", "render"):
             steps = self.steps_of(role)
             seconds = self.seconds_of(role)
             span = f"{steps[0]}-{steps[-1]}" if steps else "-"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from srd_plugin.testing import tiny_wan_pipeline, tiny_wan_renderer
 
-torch.set_num_threads(2)
+# SRD_TEST_THREADS=1 on a machine shared by many jobs: oversubscribed OpenMP threads spin and can
+# make each tiny call 10-40x slower than with one thread
+torch.set_num_threads(int(os.environ.get("SRD_TEST_THREADS", "2")))
 
 
 @pytest.fixture
