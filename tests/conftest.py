@@ -9,9 +9,10 @@ import torch
 
 from srd_plugin.testing import tiny_wan_pipeline, tiny_wan_renderer
 
-# SRD_TEST_THREADS=1 on a machine shared by many jobs: oversubscribed OpenMP threads spin and can
-# make each tiny call 10-40x slower than with one thread
-torch.set_num_threads(int(os.environ.get("SRD_TEST_THREADS", "2")))
+# One thread by default: the test models are tiny (overhead-bound), and on a machine shared by
+# several jobs oversubscribed OpenMP threads spin and make each tiny call 10-40x slower.
+# SRD_TEST_THREADS=2 to use both cores of a quiet machine.
+torch.set_num_threads(int(os.environ.get("SRD_TEST_THREADS", "1")))
 
 
 @pytest.fixture
