@@ -109,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> SRDConfig:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    result = run_demo(args.out, args.prompt, args.steps, args.seed, config_from_args(args), log)
+    result = run_demo(args.out, args.prompt, args.steps, args.seed, config_from_args(args), log, args.rounds)
     print(result.table)
     print(f"\nwrote to {result.out}/: {', '.join(path.name for path in result.files)}")
     if result.picture_problem:
@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--prompt", default="a red circle moving left")
+    demo.add_argument("--rounds", type=int, default=1, help="alternate the two runs N times, keep the fastest of each")
     add_policy_arguments(demo)
     demo.set_defaults(func=_demo)
 

@@ -127,6 +127,7 @@ def _draw_step_times(axes: Any, trace: RunTrace) -> None:
         )
         axes.bar(steps[chosen], milliseconds[chosen], width=0.8, color=ROLE_COLOURS[role], label=label)
     axes.set_ylabel("step wall time (ms)")
+    axes.set_ylim(0, max(milliseconds, default=0.0) * 1.35 or 1.0)  # headroom for the legend
     axes.set_xlim(-0.6, max(trace.num_steps, len(trace.roles)) - 0.4)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="upper right", fontsize=8, frameon=False)
@@ -180,6 +181,10 @@ def _draw_metric(axes: Any, trace: RunTrace) -> None:
         deciding = trace.metrics[trace.switch_step - 1]
         if deciding is not None:
             axes.plot([trace.switch_step - 1], [deciding], marker="*", markersize=13, color=THRESHOLD_COLOUR, zorder=5)
+    values = [*ys, 0.0, *([threshold] if threshold is not None else [])]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    axes.set_ylim(low - 0.08 * span, high + 0.5 * span)  # headroom for the legend
     axes.set_ylabel("adaptive metric s_i")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="upper right", fontsize=8, frameon=False, ncol=2)
