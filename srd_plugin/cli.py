@@ -105,11 +105,22 @@ def config_from_args(args: argparse.Namespace) -> SRDConfig:
     return config.replace(**overrides)
 
 
+def check_switch_step(config: SRDConfig, steps: int | None) -> None:
+    """A fixed switch step beyond the step count, refused before any model is loaded or run."""
+    if config.switch == "step" and steps is not None and config.switch_step > steps:
+        raise UserError(
+            f"--switch-step {config.switch_step} is beyond the {steps} denoising steps; use 0..{steps} "
+            f"(0: renderer only, {steps}: sketcher only)"
+        )
+
+
 # -- sub-commands -----------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    result = run_demo(args.out, args.prompt, args.steps, args.seed, config_from_args(args), log, args.rounds)
+    config = config_from_args(args)
+    check_switch_step(config, args.steps)
+    result = run_demo(args.out, args.prompt, args.steps, args.seed, config, log, args.rounds)
     print(result.table)
     print(f"\nwrote to {result.out}/: {', '.join(path.name for path in result.files)}")
     if result.picture_problem:
@@ -137,7 +148,9 @@ def _generate(args: argparse.Namespace) -> int:
         device=args.device,
         fps=args.fps,
     )
-    result = run_generate(options, config_from_args(args), log)
+    config = config_from_args(args)
+    check_switch_step(config, args.steps)
+    result = run_generate(options, config, log)
     print(result.table)
     print(f"\nwrote {', '.join(map(str, result.files))}")
     if result.picture_problem:

@@ -114,6 +114,7 @@ def _run(
     log: Callable[[str], None],
     rounds: int,
 ) -> DemoResult:
+    """The timed part of `run_demo`, under the demo models' thread setting."""
     pipe = models.pipe
     _warm_up(pipe, models, prompt, config, log)
     wall_times: dict[str, float] = {}

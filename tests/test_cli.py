@@ -105,6 +105,7 @@ def test_demo_rounds_keep_the_fastest_run_of_each(tmp_path, capsys, small_demo):
     [
         (["demo", "--threshold", "5"], "threshold"),
         (["demo", "--rounds", "0"], "--rounds 0"),
+        (["demo", "--steps", "4", "--switch-step", "5"], "--switch-step 5 is beyond the 4 denoising steps"),
         (["demo", "--steps", "1"], "at least 2"),
         (["demo", "--switch-step", "2", "--switch-ratio", "0.5"], "choose one with --switch"),
         (["demo", "--switch", "adaptive", "--switch-step", "2"], "switch_step"),
@@ -204,6 +205,7 @@ def test_generate_config_file_and_options_on_top(saved_models, tmp_path):
     [
         ({"--out": "clip.gif"}, "give a path ending in .mp4"),
         ({"--frames": "0"}, "--frames 0: must be a positive integer"),
+        ({"--steps": "3", "--switch-step": "4"}, "--switch-step 4 is beyond the 3 denoising steps"),
         ({"--model": "no/such/folder"}, "neither an existing folder nor a hub repo id"),
         ({"--renderer": "./missing-renderer"}, "neither an existing folder nor a hub repo id"),
         ({"--model": "nobody/not-a-model"}, "could not load the pipeline"),
