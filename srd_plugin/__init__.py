@@ -14,6 +14,7 @@ call, adaptively, from how fast the guided x0 prediction still changes.
 from .api import disable, enable, is_enabled, last_trace, sketch_render
 from .config import SRDConfig
 from .errors import IncompatibleRendererError, RendererFailureError, UnsupportedPipelineError
+from .hooks.teacache import TeaCacheConfig
 from .trace import RunTrace
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __all__ = [
     "RendererFailureError",
     "RunTrace",
     "SRDConfig",
+    "TeaCacheConfig",
     "UnsupportedPipelineError",
     "__version__",
     "disable",

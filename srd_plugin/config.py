@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from .hooks.teacache import TeaCacheConfig
 
 SWITCH_POLICIES = ("adaptive", "step", "ratio", "boundary")
 RENDERER_FAILURE_MODES = ("fallback", "raise")
@@ -53,6 +56,13 @@ class SRDConfig:
         on_renderer_failure: "fallback" (default) hands the rest of the call back to the
             sketcher when the renderer returns NaN/Inf; "raise" raises
             `RendererFailureError`.
+
+    Accelerators (docs/accelerators.md):
+        teacache: a `TeaCacheConfig` puts TeaCache on the sketcher, and on the renderer too
+            unless `teacache_renderer` is set; each model gets its own state and, with
+            `threshold=None` / `coefficients=None`, its own recommended values.
+        teacache_renderer: a `TeaCacheConfig` for the renderer alone (e.g. another threshold).
+        sage_attention: route both models' attention to SageAttention where it can run.
     """
 
     switch: str = "adaptive"
@@ -65,6 +75,9 @@ class SRDConfig:
     move_renderer: bool = True
     renderer_dtype: str | None = None
     on_renderer_failure: str = "fallback"
+    teacache: TeaCacheConfig | None = None
+    teacache_renderer: TeaCacheConfig | None = None
+    sage_attention: bool = False
 
     def __post_init__(self) -> None:
         self._validate()
@@ -99,6 +112,17 @@ class SRDConfig:
             _fail("renderer_dtype", self.renderer_dtype, f"None or one of {', '.join(RENDERER_DTYPES)}")
         if self.on_renderer_failure not in RENDERER_FAILURE_MODES:
             _fail("on_renderer_failure", self.on_renderer_failure, f"choose one of {', '.join(RENDERER_FAILURE_MODES)}")
+        self._validate_accelerators()
+
+    def _validate_accelerators(self) -> None:
+        from .hooks.teacache import TeaCacheConfig  # here: the hooks package imports this module
+
+        for name in ("teacache", "teacache_renderer"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, TeaCacheConfig):
+                _fail(name, value, "None or a srd_plugin.TeaCacheConfig(threshold=..., coefficients=...)")
+        if not isinstance(self.sage_attention, bool):
+            _fail("sage_attention", self.sage_attention, "True or False")
 
     def _validate_policy_parameter(self, field: str, policy: str, allowed: str, ok: Any) -> None:
         value = getattr(self, field)
