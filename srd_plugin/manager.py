@@ -16,7 +16,12 @@ from . import hookspecs
 
 ENTRY_POINT_GROUP = "srd_plugin"
 
-BUILTIN_PLUGINS: tuple[str, ...] = ("srd_plugin.adapters.wan",)
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "srd_plugin.adapters.wan",
+    "srd_plugin.hooks.caches",
+    "srd_plugin.hooks.teacache",
+    "srd_plugin.hooks.sageattention",
+)
 
 _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
