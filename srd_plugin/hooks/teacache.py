@@ -323,15 +323,28 @@ def _state(manager: StateManager) -> _TeaCacheState:
     return manager.get_state()
 
 
+class _Current:
+    """The state the modulation hook picked for the ongoing call, read by the block hooks.
+
+    The blocks read it here rather than from the StateManager so that the cache-context
+    name stays out of what torch.compile traces inside the blocks (no recompilation for
+    each of cond / uncond). None until the modulation hook has run.
+    """
+
+    def __init__(self) -> None:
+        self.state: _TeaCacheState | None = None
+
+
 class TeaCacheModulationHook(ModelHook):
     """Sees the modulated input of every call and decides whether the blocks run."""
 
     _is_stateful = True
 
-    def __init__(self, settings: TeaCacheSettings, state_manager: StateManager, num_blocks: int) -> None:
+    def __init__(self, settings: TeaCacheSettings, state_manager: StateManager, current: _Current, num_blocks: int):
         super().__init__()
         self.settings = settings
         self.state_manager = state_manager
+        self.current = current
         self.stats = TeaCacheStats(num_blocks=num_blocks)
         self.created_root_registry = False
 
@@ -368,25 +381,29 @@ class TeaCacheModulationHook(ModelHook):
         state.previous_modulated = modulated.clone()
         state.should_compute = compute
         state.calls += 1
+        self.current.state = state
         self.stats.decisions.append((context.name, context.step_index, compute))
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
+        self.current.state = None
         return module
 
 
 class TeaCacheBlockHook(ModelHook):
     """One transformer block: runs, or on a skipped call stands in for the whole stack."""
 
-    def __init__(self, state_manager: StateManager, family: str, is_first: bool, is_last: bool) -> None:
+    def __init__(self, current: _Current, family: str, is_first: bool, is_last: bool) -> None:
         super().__init__()
-        self.state_manager = state_manager
+        self.current = current
         self.with_encoder = family == COGVIDEOX  # CogVideoX blocks return (hidden, encoder_hidden)
         self.is_first = is_first
         self.is_last = is_last
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state = _state(self.state_manager)
+        state = self.current.state
+        if state is None:  # called outside a hooked model call: nothing to decide with
+            return self.fn_ref.original_forward(*args, **kwargs)
         hidden = args[0] if args else kwargs["hidden_states"]
         encoder = None
         if self.with_encoder:
@@ -457,13 +474,13 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig | None =
     modulation_module, blocks = _parts(transformer, settings.family)
     if len(blocks) == 0:
         raise ValueError(f"this {type(transformer).__name__} has no transformer blocks to cache")
-    state_manager = StateManager(_TeaCacheState)
-    modulation_hook = TeaCacheModulationHook(settings, state_manager, num_blocks=len(blocks))
+    state_manager, current = StateManager(_TeaCacheState), _Current()
+    modulation_hook = TeaCacheModulationHook(settings, state_manager, current, num_blocks=len(blocks))
     modulation_hook.created_root_registry = _registry.ensure_root_registry(transformer)
     _registry.register(modulation_module, modulation_hook, MODULATION_HOOK)
     last = len(blocks) - 1
     for index, block in enumerate(blocks):
-        hook = TeaCacheBlockHook(state_manager, settings.family, is_first=index == 0, is_last=index == last)
+        hook = TeaCacheBlockHook(current, settings.family, is_first=index == 0, is_last=index == last)
         _registry.register(block, hook, BLOCK_HOOK)
     _registry.ensure_root_registry(transformer)  # the block registries are new: refresh the context cache
     return settings
@@ -494,7 +511,7 @@ def reset_teacache(transformer: torch.nn.Module, stats: bool = True) -> None:
     hook = _modulation_hook(transformer)
     if hook is None:
         return
-    hook.state_manager.reset()
+    hook.reset_state(transformer)
     if stats:
         hook.stats.decisions.clear()
 
