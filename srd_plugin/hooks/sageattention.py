@@ -360,6 +360,14 @@ def sage_attention_stats(transformer: torch.nn.Module) -> Counter:
 PLUGIN_STATE_KEY = "sage_attention"
 
 
+def _applied_by_current_session(session: Any, model: torch.nn.Module) -> bool:
+    """True if the SRD setup that `enable` is about to replace put SageAttention on `model`."""
+    from ..runtime import session_of
+
+    current = session_of(session.pipe)
+    return current is not None and any(m is model for m in current.plugin_state.get(PLUGIN_STATE_KEY, {}).values())
+
+
 @hookimpl
 def srd_check_setup(session: Any) -> list[str]:
     if not session.config.sage_attention:
@@ -369,7 +377,7 @@ def srd_check_setup(session: Any) -> list[str]:
     if session.renderer is not session.sketcher:
         models.append(("renderer", session.renderer))
     for name, model in models:
-        if has_sage_attention(model):
+        if has_sage_attention(model) and not _applied_by_current_session(session, model):
             problems.append(
                 f"sage_attention: the {name} already has SageAttention; drop sage_attention=True to keep yours, or "
                 "call remove_sage_attention on it first"

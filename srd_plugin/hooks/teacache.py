@@ -536,6 +536,14 @@ def _roles(session: Any) -> list[tuple[str, torch.nn.Module]]:
     return roles
 
 
+def _applied_by_current_session(session: Any, model: torch.nn.Module) -> bool:
+    """True if the SRD setup that `enable` is about to replace put TeaCache on `model`."""
+    from ..runtime import session_of
+
+    current = session_of(session.pipe)
+    return current is not None and any(m is model for m in current.plugin_state.get(PLUGIN_STATE_KEY, {}).values())
+
+
 @hookimpl
 def srd_check_setup(session: Any) -> list[str]:
     problems = []
@@ -549,7 +557,7 @@ def srd_check_setup(session: Any) -> list[str]:
             problems.append(f"teacache on the {name}: {error}")
             continue
         existing = existing_cache(model)
-        if existing is not None:
+        if existing is not None and not _applied_by_current_session(session, model):
             problems.append(
                 f"teacache on the {name}: it already has a cache, {existing}; drop SRDConfig.teacache to keep "
                 "yours (SRD resets it every call), or remove yours to let SRD apply TeaCache"
