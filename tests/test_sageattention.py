@@ -177,6 +177,9 @@ def test_srd_routes_both_roles_and_restores_them(pipe, renderer, monkeypatch):
     assert sketch_calls == 2 * len(pipe.transformer.blocks) * 2 * 2  # 2 sketch steps
     assert render_calls == 2 * len(renderer.blocks) * 2 * (STEPS - 2)
     assert len(calls) == sketch_calls + render_calls
+    srd.enable(pipe, renderer, switch="step", switch_step=3, sage_attention=True)  # replaces SRD's own
+    generate(pipe)
+    assert sage_attention_stats(renderer)["sage"] == 2 * len(renderer.blocks) * 2 * (STEPS - 3)  # a fresh route
     srd.disable(pipe)
     for model, before in zip((pipe.transformer, renderer), originals):
         assert all(processors(model)[name] is proc for name, proc in before.items())

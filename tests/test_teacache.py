@@ -287,6 +287,9 @@ def test_srd_keeps_separate_state_and_settings_per_role(pipe, renderer):
     assert (sketch_hook.settings.threshold, sketch_hook.settings.coefficients) == (1.5, IDENTITY)
     assert (render_hook.settings.threshold, render_hook.settings.coefficients) == (4.0, (2.0, 0.0))
     assert sketch.skipped_calls > 0 and render.skipped_calls > 0
+    teacache_srd(pipe, renderer, switch_step=5)  # enabling again replaces SRD's own TeaCache
+    generate(pipe)
+    assert srd_teacache_stats(pipe)["render"].decisions[0] == ("cond", 5, True)
 
 
 def test_srd_teacache_starts_fresh_every_call_and_comes_off_with_disable(pipe, renderer):

@@ -377,7 +377,9 @@ def srd_check_setup(session: Any) -> list[str]:
     if session.renderer is not session.sketcher:
         models.append(("renderer", session.renderer))
     for name, model in models:
-        if has_sage_attention(model) and not _applied_by_current_session(session, model):
+        if _applied_by_current_session(session, model):
+            continue  # removed by `enable` before it applies the new setup
+        if has_sage_attention(model):
             problems.append(
                 f"sage_attention: the {name} already has SageAttention; drop sage_attention=True to keep yours, or "
                 "call remove_sage_attention on it first"
