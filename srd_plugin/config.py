@@ -61,7 +61,8 @@ class SRDConfig:
         teacache: a `TeaCacheConfig` puts TeaCache on the sketcher, and on the renderer too
             unless `teacache_renderer` is set; each model gets its own state and, with
             `threshold=None` / `coefficients=None`, its own recommended values.
-        teacache_renderer: a `TeaCacheConfig` for the renderer alone (e.g. another threshold).
+        teacache_renderer: the renderer's own `TeaCacheConfig` (e.g. another threshold), or
+            False for no TeaCache on the renderer; None (default) follows `teacache`.
         sage_attention: route both models' attention to SageAttention where it can run.
     """
 
@@ -76,7 +77,7 @@ class SRDConfig:
     renderer_dtype: str | None = None
     on_renderer_failure: str = "fallback"
     teacache: TeaCacheConfig | None = None
-    teacache_renderer: TeaCacheConfig | None = None
+    teacache_renderer: TeaCacheConfig | bool | None = None
     sage_attention: bool = False
 
     def __post_init__(self) -> None:
@@ -117,10 +118,11 @@ class SRDConfig:
     def _validate_accelerators(self) -> None:
         from .hooks.teacache import TeaCacheConfig  # here: the hooks package imports this module
 
-        for name in ("teacache", "teacache_renderer"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, TeaCacheConfig):
-                _fail(name, value, "None or a srd_plugin.TeaCacheConfig(threshold=..., coefficients=...)")
+        if self.teacache is not None and not isinstance(self.teacache, TeaCacheConfig):
+            _fail("teacache", self.teacache, "None or a srd_plugin.TeaCacheConfig(threshold=..., coefficients=...)")
+        renderer = self.teacache_renderer
+        if renderer is not None and renderer is not False and not isinstance(renderer, TeaCacheConfig):
+            _fail("teacache_renderer", renderer, "None (as teacache), False (none on the renderer) or a TeaCacheConfig")
         if not isinstance(self.sage_attention, bool):
             _fail("sage_attention", self.sage_attention, "True or False")
 

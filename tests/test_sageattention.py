@@ -193,3 +193,27 @@ def test_srd_refuses_sage_on_a_model_that_already_has_it(pipe, renderer):
     with pytest.warns(UserWarning, match="sageattention is not installed"):
         generate(pipe)
     assert sage_attention_stats(renderer)["fallback"] > 0
+
+
+def test_srd_stacks_sage_attention_and_teacache(pipe, renderer, monkeypatch):
+    monkeypatch.setattr(sage, "sageattention_kernel", lambda: spy_kernel()[0])
+    teacache = srd.TeaCacheConfig(threshold=1.0, coefficients=(1.0, 0.0))
+    srd.enable(pipe, renderer, switch="step", switch_step=2, teacache=teacache)
+    teacache_only = generate(pipe)
+    srd.enable(pipe, renderer, switch="step", switch_step=2, teacache=teacache, sage_attention=True)
+    assert torch.equal(generate(pipe), teacache_only)  # the stand-in is SDPA: stacking changes nothing else
+    assert sage_attention_stats(pipe.transformer)["sage"] > 0 and sage_attention_stats(renderer)["sage"] > 0
+
+
+def test_the_kernel_stays_inside_a_compiled_graph():
+    """The kernel is a custom op: torch.compile traces the whole routed attention as one graph."""
+    from srd_plugin.testing import tiny_wan_transformer
+
+    attention = tiny_wan_transformer().blocks[0].attn1
+    kernel, calls = spy_kernel()
+    apply_sage_attention(attention, kernel=kernel)
+    hidden = torch.randn(1, 6, attention.inner_dim)
+    eager = attention(hidden)
+    compiled = torch.compile(attention, backend="eager", fullgraph=True)  # fullgraph: a graph break raises
+    assert torch.equal(compiled(hidden), eager)
+    assert sage_attention_stats(attention)["sage"] >= 2 and calls

@@ -14,6 +14,7 @@ from srd_plugin import TeaCacheConfig
 from srd_plugin.hooks.teacache import (
     KNOWN_MODELS,
     apply_teacache,
+    has_teacache,
     recognise,
     remove_teacache,
     rescale,
@@ -189,6 +190,8 @@ def test_bad_config_values_are_named(kwargs, message):
 def test_srdconfig_takes_only_teacache_configs():
     with pytest.raises(ValueError, match="teacache"):
         srd.SRDConfig(teacache={"threshold": 0.1})
+    with pytest.raises(ValueError, match="teacache_renderer=True is invalid"):
+        srd.SRDConfig(teacache_renderer=True)
     assert srd.SRDConfig(teacache=TeaCacheConfig(threshold=0.1)).to_dict()["teacache"]["threshold"] == 0.1
 
 
@@ -333,3 +336,12 @@ def test_srd_refuses_bad_teacache_setups_before_any_change(pipe, renderer):
     with pytest.raises(ValueError, match="renderer: it already has a cache, diffusers' FirstBlockCacheConfig"):
         teacache_srd(pipe, renderer, teacache_renderer=None)
     assert not srd.is_enabled(pipe) and is_clean(pipe.transformer)
+
+
+def test_srd_teacache_on_the_sketcher_only_beside_the_users_cache_on_the_renderer(pipe, renderer):
+    renderer.enable_cache(FirstBlockCacheConfig(threshold=0.3))
+    teacache_srd(pipe, renderer, teacache_renderer=False)
+    first = generate(pipe)
+    assert torch.equal(generate(pipe), first)
+    assert set(srd_teacache_stats(pipe)) == {"sketch"} and not has_teacache(renderer)
+    assert srd_teacache_stats(pipe)["sketch"].skipped_calls > 0

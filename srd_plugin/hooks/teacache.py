@@ -521,10 +521,10 @@ PLUGIN_STATE_KEY = "teacache"
 
 
 def _role_config(session: Any, role: str) -> TeaCacheConfig | None:
-    """`teacache` for the sketcher; for the renderer `teacache_renderer`, else `teacache` too."""
+    """`teacache` for the sketcher; for the renderer `teacache_renderer` (False: none), else `teacache` too."""
     config = session.config
     if role == RENDER and config.teacache_renderer is not None:
-        return config.teacache_renderer
+        return config.teacache_renderer or None
     return config.teacache
 
 
