@@ -62,9 +62,11 @@ def test_whole_models_compiled_under_srd(small_pair):
     pipe, renderer = small_pair
     srd.enable(pipe, renderer, switch="step", switch_step=SWITCH)
     eager = generate(pipe)
+    srd.disable(pipe)
     runs = {"sketch": 0, "render": 0}
-    pipe.transformer.compile(backend=counting_backend(runs, "sketch"))
-    renderer.compile(backend=counting_backend(runs, "render"))
+    pipe.transformer.compile(backend=counting_backend(runs, "sketch"))  # compiled before enable...
+    srd.enable(pipe, renderer, switch="step", switch_step=SWITCH)
+    renderer.compile(backend=counting_backend(runs, "render"))  # ...and after
     graphs = []
     for _ in range(3):
         runs.update(sketch=0, render=0)
