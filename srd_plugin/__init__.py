@@ -19,6 +19,7 @@ from .activation import activate
 from .api import disable, enable, is_enabled, last_trace, sketch_render
 from .config import SRDConfig
 from .errors import IncompatibleRendererError, RendererFailureError, UnsupportedPipelineError
+from .hooks.teacache import TeaCacheConfig
 from .trace import RunTrace
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "RendererFailureError",
     "RunTrace",
     "SRDConfig",
+    "TeaCacheConfig",
     "UnsupportedPipelineError",
     "__version__",
     "activate",

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# a runtime import (not TYPE_CHECKING): the config readers resolve field types at run time
+from .hooks.teacache import TeaCacheConfig
+
 SWITCH_POLICIES = ("adaptive", "step", "ratio", "boundary")
 RENDERER_FAILURE_MODES = ("fallback", "raise")
 RENDERER_DTYPES = ("float32", "float16", "bfloat16")
@@ -72,6 +75,14 @@ class SRDConfig:
         renderer_scheduler_config: the renderer's scheduler config, a dict as in its
             `scheduler_config.json`; None: read from the renderer's pipeline folder, else the
             host's. Explicit values win over the folder's.
+
+    Accelerators (docs/accelerators.md):
+        teacache: a `TeaCacheConfig` puts TeaCache on the sketcher, and on the renderer too
+            unless `teacache_renderer` is set; each model gets its own state and, with
+            `threshold=None` / `coefficients=None`, its own recommended values.
+        teacache_renderer: the renderer's own `TeaCacheConfig` (e.g. another threshold), or
+            False for no TeaCache on the renderer; None (default) follows `teacache`.
+        sage_attention: route both models' attention to SageAttention where it can run.
     """
 
     switch: str = "adaptive"
@@ -88,6 +99,9 @@ class SRDConfig:
     renderer_scaling_factor: float | None = None
     renderer_scheduler_config: dict[str, Any] | None = None
     parallel_config: Any = field(default=None, metadata={"from_text": False})
+    teacache: TeaCacheConfig | None = None
+    teacache_renderer: TeaCacheConfig | bool | None = None
+    sage_attention: bool = False
 
     def __post_init__(self) -> None:
         self._validate()
@@ -145,6 +159,16 @@ class SRDConfig:
                     self.parallel_config,
                     "None or a diffusers ContextParallelConfig(ulysses_degree=..., ring_degree=...)",
                 )
+        self._validate_accelerators()
+
+    def _validate_accelerators(self) -> None:
+        if self.teacache is not None and not isinstance(self.teacache, TeaCacheConfig):
+            _fail("teacache", self.teacache, "None or a srd_plugin.TeaCacheConfig(threshold=..., coefficients=...)")
+        renderer = self.teacache_renderer
+        if renderer is not None and renderer is not False and not isinstance(renderer, TeaCacheConfig):
+            _fail("teacache_renderer", renderer, "None (as teacache), False (none on the renderer) or a TeaCacheConfig")
+        if not isinstance(self.sage_attention, bool):
+            _fail("sage_attention", self.sage_attention, "True or False")
 
     def _validate_policy_parameter(self, field: str, policy: str, allowed: str, ok: Any) -> None:
         value = getattr(self, field)

@@ -22,6 +22,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "srd_plugin.trace_files",
     "srd_plugin.parallel.plugin",
     "srd_plugin.hooks.progress",
+    "srd_plugin.hooks.caches",
+    "srd_plugin.hooks.teacache",
+    "srd_plugin.hooks.sageattention",
 )
 
 _lock = threading.Lock()

@@ -401,6 +401,11 @@ class Session:
         self._end_run(run)
 
     # -- the render call -----------------------------------------------------------------
+    # Kept out of torch.compile: a compiled sketcher (`transformer.compile()`) hands the
+    # render phase over here, and the NaN/Inf check needs a host sync that would break the
+    # sketcher's graph; the renderer runs eagerly, or in its own compiled region if the user
+    # compiled it. The sketch phase stays one graph (the router itself is traced through).
+    @torch.compiler.disable
     def render(self, run: Run, args: tuple, kwargs: dict[str, Any], context: Any) -> Any:
         call = self._renderer_call()
         try:

@@ -22,10 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import SRDConfig
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from .config import SRDConfig
 
 SKETCH = "sketch"
 RENDER = "render"
