@@ -224,13 +224,14 @@ def wan_step(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Callabl
 
     def step() -> None:
         with torch.no_grad():
-            for embeds in (inputs["cond"], inputs["uncond"]):
-                model(
-                    hidden_states=inputs["hidden_states"],
-                    timestep=timestep,
-                    encoder_hidden_states=embeds,
-                    return_dict=False,
-                )
+            for context, embeds in (("cond", inputs["cond"]), ("uncond", inputs["uncond"])):
+                with model.cache_context(context):
+                    model(
+                        hidden_states=inputs["hidden_states"],
+                        timestep=timestep,
+                        encoder_hidden_states=embeds,
+                        return_dict=False,
+                    )
 
     return step
 
@@ -252,12 +253,14 @@ def bench_wan(shapes: Shapes, device: torch.device, dtype: torch.dtype, results:
         reset_peak(device)
         step_times[role] = median_step(timer, wan_step(model, inputs), shapes.repeats)
         params = sum(p.numel() for p in model.parameters()) / 1e9
+        name = f"Wan {'sketcher' if role == 'sketch' else 'renderer'} ({params:.2f}B)"
         results.add(
             table="per-step time (CFG as the pipeline runs it)",
-            model=f"Wan {'sketcher' if role == 'sketch' else 'renderer'} ({params:.2f}B)",
+            model=name,
             step_s=step_times[role],
             peak_gib=peak_gib(device),
         )
+        accelerators(name, model, wan_step(model, inputs), step_times[role], timer, shapes, results)
     for k in (5, 10, 15, 20):
         results.add(
             table="projected 50-step speedup",
@@ -315,6 +318,97 @@ def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -
     return {"e2e_seconds": seconds, "e2e_predicted": predicted, "e2e_roles": trace.roles}
 
 
+# -- accelerators on one model -------------------------------------------------------------------
+def accelerators(name, model, step, plain_seconds, timer, shapes, results) -> None:
+    """TeaCache's saving per skipped step and SageAttention's per-step speedup, on the same inputs.
+
+    Random weights have no realistic step-to-step dynamics, so TeaCache is forced to skip
+    (identity polynomial, a huge threshold) and what is measured is what a skipped step
+    costs against a computed one; how many steps a trained model skips is TeaCache's own
+    figure. SageAttention runs the installed `sageattention` kernel (a CPU stand-in with
+    --tiny); its output is compared with the SDPA path on the same inputs.
+    """
+    from srd_plugin.hooks.sageattention import (
+        AttentionKernel,
+        apply_sage_attention,
+        remove_sage_attention,
+        sage_attention_stats,
+        sageattention_kernel,
+    )
+    from srd_plugin.hooks.teacache import (
+        TeaCacheConfig,
+        apply_teacache,
+        remove_teacache,
+        reset_teacache,
+        teacache_stats,
+    )
+
+    apply_teacache(model, TeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0)))
+    computed, skipped = [], []
+    try:
+        for _ in range(shapes.repeats + 1):  # the first round warms up the skip path
+            reset_teacache(model, stats=False)  # fresh cache state, decisions kept for the check below
+            computed.append(timer(step))
+            skipped.append(timer(step))
+        decisions = [c for *_, c in teacache_stats(model).decisions]
+    finally:
+        remove_teacache(model)
+    calls = len(decisions) // (2 * (shapes.repeats + 1))
+    expected = ([True] * calls + [False] * calls) * (shapes.repeats + 1)
+    t_computed, t_skipped = statistics.median(computed[1:]), statistics.median(skipped[1:])
+    results.add(
+        table="TeaCache: a skipped step against a computed one (forced skips, random weights)",
+        model=name,
+        computed_step_s=t_computed,
+        skipped_step_s=t_skipped,
+        saving_per_skipped_step=1 - t_skipped / t_computed,
+        decisions_as_forced=decisions == expected,
+    )
+
+    if shapes is TINY:  # a CPU stand-in with SDPA's arithmetic exercises the same route
+        kernel = AttentionKernel(
+            "sdpa-stand-in",
+            torch.nn.functional.scaled_dot_product_attention,
+            head_dims=(8, 16),
+            device_types=("cpu",),
+            dtypes=(torch.float32,),
+        )
+    else:
+        kernel = sageattention_kernel()
+    if kernel is None:
+        results.notes.append(f"{name}: sageattention is not importable here; SageAttention not measured")
+        return
+    reference = _first_output(model, step)
+    apply_sage_attention(model, kernel=kernel)
+    try:
+        sage_seconds = median_step(timer, step, shapes.repeats)
+        routed = _first_output(model, step)
+        route = dict(sage_attention_stats(model))
+    finally:
+        remove_sage_attention(model)
+    error = ((routed.float() - reference.float()).norm() / reference.float().norm()).item()
+    results.add(
+        table="SageAttention per step (same inputs)",
+        model=name,
+        sdpa_step_s=plain_seconds,
+        sage_step_s=sage_seconds,
+        speedup=plain_seconds / sage_seconds,
+        rel_error_vs_sdpa=error,
+        route=" ".join(f"{k}:{v}" for k, v in sorted(route.items())),
+    )
+
+
+def _first_output(model: torch.nn.Module, step: Callable[[], Any]) -> torch.Tensor:
+    """The output of the first model call of one step (captured with a forward hook)."""
+    captured: list[torch.Tensor] = []
+    handle = model.register_forward_hook(lambda module, args, output: captured.append(output[0].detach().clone()))
+    try:
+        step()
+    finally:
+        handle.remove()
+    return captured[0]
+
+
 # -- CogVideoX ---------------------------------------------------------------------------------
 def cog_step(model: torch.nn.Module, shapes: Shapes, device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
     """One CogVideoX step as CogVideoXPipeline runs it: one call with the CFG batch doubled."""
@@ -335,7 +429,7 @@ def cog_step(model: torch.nn.Module, shapes: Shapes, device: torch.device, dtype
     timestep = torch.tensor([500, 500], device=device)
 
     def step() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), model.cache_context("cond_uncond"):
             model(
                 hidden_states=hidden,
                 encoder_hidden_states=text,
@@ -357,14 +451,17 @@ def bench_cogvideox(shapes: Shapes, device: torch.device, dtype: torch.dtype, re
         model = build(CogVideoXTransformer3DModel, config, device, dtype)
         models[role] = model
         reset_peak(device)
-        step_times[role] = median_step(timer, cog_step(model, shapes, device, dtype), shapes.repeats)
+        step = cog_step(model, shapes, device, dtype)
+        step_times[role] = median_step(timer, step, shapes.repeats)
         params = sum(p.numel() for p in model.parameters()) / 1e9
+        name = f"CogVideoX {'sketcher' if role == 'sketch' else 'renderer'} ({params:.2f}B)"
         results.add(
             table="per-step time (CFG as the pipeline runs it)",
-            model=f"CogVideoX {'sketcher' if role == 'sketch' else 'renderer'} ({params:.2f}B)",
+            model=name,
             step_s=step_times[role],
             peak_gib=peak_gib(device),
         )
+        accelerators(name, model, step, step_times[role], timer, shapes, results)
     for k in (5, 10, 15, 20):
         results.add(
             table="projected 50-step speedup",

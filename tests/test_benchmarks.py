@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -46,4 +47,12 @@ def test_gpu_benchmark_tiny_writes_its_tables(tmp_path, capsys):
     for words in ("Wan sketcher", "Wan renderer", "CogVideoX sketcher", "CogVideoX renderer", "Wan 14B -> 1.3B"):
         assert words in text
     assert (tmp_path / "gpu.json").exists()
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    teacache = [r for r in rows if r["table"].startswith("TeaCache")]
+    sage = [r for r in rows if r["table"].startswith("SageAttention")]
+    assert len(teacache) == 4 and all(r["decisions_as_forced"] for r in teacache)
+    assert all(r["skipped_step_s"] < r["computed_step_s"] for r in teacache)
+    # the stand-in kernel is SDPA itself: the route is taken on every attention call, same numbers
+    assert len(sage) == 4 and all(r["route"].startswith("sage:") and "fallback" not in r["route"] for r in sage)
+    assert all(r["rel_error_vs_sdpa"] < 1e-6 for r in sage)
     assert "| WanPipeline |" in text and "| CogVideoXPipeline (aligned) |" in text
