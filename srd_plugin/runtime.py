@@ -64,6 +64,14 @@ class Run:
     plugin_state: dict[str, Any] = field(default_factory=dict)
 
 
+def _is_class_forward(module: torch.nn.Module) -> bool:
+    """True when the instance attribute `forward` (if any) is the class's own method, bound to `module`."""
+    forward = module.__dict__.get("forward")
+    return forward is None or (
+        getattr(forward, "__func__", None) is type(module).forward and getattr(forward, "__self__", None) is module
+    )
+
+
 class _NoState(BaseState):
     def reset(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -166,8 +174,9 @@ class Session:
         registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
         registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
         if not registry.hooks:
-            # leave the module exactly as we found it
-            if not self._forward_was_instance_attr:
+            # leave the module exactly as we found it; a forward that is no longer the class's own
+            # (accelerate's offloading hook, added after enable) now belongs to its owner
+            if not self._forward_was_instance_attr and _is_class_forward(self.sketcher):
                 self.sketcher.__dict__.pop("forward", None)
             if not self._registry_existed:
                 del self.sketcher._diffusers_hook
@@ -246,13 +255,15 @@ class Session:
             num_steps=len(timesteps),
             timesteps=timesteps,
         )
-        run = Run(policy=policy, trace=trace, num_steps=len(timesteps))
+        # phase = the role of step 0 already, so placement plugins and srd_run_start know whether
+        # this call sketches at all (a render-from-step-0 call must not bring the sketcher back)
+        run = Run(policy=policy, trace=trace, num_steps=len(timesteps), phase=first_phase)
         pipe = self.pipe
         if pipe is not None:
             _LAST_TRACES[pipe] = trace
         self.active_run = run
         try:
-            self._place_renderer()
+            self._place_renderer(run)
         except RuntimeError as error:  # torch.OutOfMemoryError is one
             self.fall_back(run, f"moving the renderer to the sketcher's device failed ({error})", error)
         self.hook.srd_run_start(session=self, run=run)
@@ -261,9 +272,13 @@ class Session:
         if run.num_steps == 0:
             self._end_run(run)
 
-    def _place_renderer(self) -> None:
-        """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`)."""
+    def _place_renderer(self, run: Run) -> None:
+        """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`),
+        unless a placement plugin (offloading, prefetch) owns the renderer's placement."""
         if self.renderer is self.sketcher or not self.config.move_renderer:
+            return
+        if self.hook.srd_place_renderer(session=self, run=run):
+            self.refresh_dtypes()
             return
         device = module_device(self.sketcher)
         if device.type != "meta" and module_device(self.renderer) != device:
@@ -316,7 +331,11 @@ class Session:
             return
         run.phase = RENDER
         run.trace.switch_step = step_index
-        self.hook.srd_switch(session=self, run=run, step_index=step_index)
+        try:
+            self.hook.srd_switch(session=self, run=run, step_index=step_index)
+        except RuntimeError as error:  # e.g. out of memory while a plugin moves the renderer in
+            run.trace.switch_step = None
+            self.fall_back(run, f"switching to the renderer failed ({error})", error)
 
     def _end_run(self, run: Run) -> None:
         run.trace.completed = run.step_index >= run.num_steps
@@ -389,3 +408,4 @@ class Session:
         run.fell_back = True
         run.trace.fallback_step = step
         run.trace.events.append(f"{reason}: the sketcher took over from step {step}")
+        self.hook.srd_fallback(session=self, run=run, step_index=step)
