@@ -15,6 +15,7 @@ from typing import Any
 SWITCH_POLICIES = ("adaptive", "step", "ratio", "boundary")
 RENDERER_FAILURE_MODES = ("fallback", "raise")
 RENDERER_DTYPES = ("float32", "float16", "bfloat16")
+OFFLOAD_SKETCHER_MODES = ("never", "after_switch")
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -53,6 +54,14 @@ class SRDConfig:
         on_renderer_failure: "fallback" (default) hands the rest of the call back to the
             sketcher when the renderer returns NaN/Inf; "raise" raises
             `RendererFailureError`.
+
+    Memory (see docs/memory.md):
+        offload_sketcher: "never" (default) keeps the sketcher on the accelerator;
+            "after_switch" moves its weights to the CPU at the switch and back at the start of
+            the next call that sketches (a call that renders from step 0 leaves it on the CPU).
+        prefetch_renderer: keep the renderer on the CPU (pinned memory) between calls and copy
+            it to the accelerator on a side CUDA stream during the sketch phase, so the switch
+            does not wait for the copy; it goes back to the CPU when the call's denoising ends.
     """
 
     switch: str = "adaptive"
@@ -65,6 +74,8 @@ class SRDConfig:
     move_renderer: bool = True
     renderer_dtype: str | None = None
     on_renderer_failure: str = "fallback"
+    offload_sketcher: str = "never"
+    prefetch_renderer: bool = False
 
     def __post_init__(self) -> None:
         self._validate()
@@ -99,6 +110,10 @@ class SRDConfig:
             _fail("renderer_dtype", self.renderer_dtype, f"None or one of {', '.join(RENDERER_DTYPES)}")
         if self.on_renderer_failure not in RENDERER_FAILURE_MODES:
             _fail("on_renderer_failure", self.on_renderer_failure, f"choose one of {', '.join(RENDERER_FAILURE_MODES)}")
+        if self.offload_sketcher not in OFFLOAD_SKETCHER_MODES:
+            _fail("offload_sketcher", self.offload_sketcher, f"choose one of {', '.join(OFFLOAD_SKETCHER_MODES)}")
+        if not isinstance(self.prefetch_renderer, bool):
+            _fail("prefetch_renderer", self.prefetch_renderer, "True or False")
 
     def _validate_policy_parameter(self, field: str, policy: str, allowed: str, ok: Any) -> None:
         value = getattr(self, field)
