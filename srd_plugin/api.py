@@ -125,7 +125,7 @@ def _check_placement(sketcher: torch.nn.Module, renderer: torch.nn.Module, confi
         return
     problems = []
     sketcher_device, renderer_device = module_device(sketcher), module_device(renderer)
-    if sketcher_device != renderer_device:
+    if sketcher_device != renderer_device and sketcher_device.type != "meta":  # meta: sequential CPU offloading
         problems.append(
             f"device: the sketcher is on {sketcher_device}, the renderer on {renderer_device}, and "
             f"move_renderer=False forbids moving it; call renderer.to({str(sketcher_device)!r}) "

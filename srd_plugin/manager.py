@@ -16,7 +16,13 @@ from . import hookspecs
 
 ENTRY_POINT_GROUP = "srd_plugin"
 
-BUILTIN_PLUGINS: tuple[str, ...] = ("srd_plugin.adapters.wan",)
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "srd_plugin.adapters.wan",
+    "srd_plugin.hooks.host_offload",
+    "srd_plugin.hooks.offload",
+    "srd_plugin.hooks.prefetch",
+    "srd_plugin.hooks.memory",
+)
 
 _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
