@@ -105,6 +105,8 @@ def srd_switch(session: Session, run: Run, step_index: int) -> None:
         return
     _state(session).away = True  # set first: a move that fails halfway is undone by `_bring_back`
     placement.move(session.sketcher, placement.OFFLOAD_DEVICE)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # hand the memory back to the device, not only to PyTorch's cache
 
 
 @hookimpl
