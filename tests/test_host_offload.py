@@ -217,3 +217,18 @@ def test_router_stays_on_top_of_the_sketchers_hooks(pipe, renderer):
     srd.disable(pipe)
     assert pipe.transformer.forward.func.__qualname__.startswith("add_hook_to_module")
     assert not hasattr(pipe.transformer, "_diffusers_hook")
+
+
+def test_router_survives_group_offloading_hooks_removed_under_it(pipe, renderer):
+    """diffusers' `HookRegistry.remove_hook` rewires the hook above the removed one, which would bypass the
+    router; group offloading removes its hooks when it re-applies itself (after loading LoRA weights, or its
+    lazy-prefetch hook after the first forward on CUDA). The guard under the router absorbs that."""
+    from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
+
+    group_block(pipe, None)
+    srd.enable(pipe, renderer, **SWITCH)
+    expected = generate(pipe)
+    renderer_calls = count_calls(renderer)
+    _maybe_remove_and_reapply_group_offloading(pipe.transformer)
+    assert torch.equal(generate(pipe), expected)
+    assert len(renderer_calls) == 2 * 2  # the renderer still ran both render steps

@@ -131,6 +131,13 @@ def _problems(session: Session, technique: str) -> list[str]:
     return problems
 
 
+def _refuse_problems(session: Session, technique: str) -> None:
+    """At a call's start, before any denoising: the host's offloading was enabled after `srd.enable`."""
+    problems = _problems(session, technique)
+    if problems:
+        raise ValueError("srd_plugin cannot run this setup:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 # -- plugin hooks --------------------------------------------------------------------------
 @hookimpl
 def srd_check_setup(session: Session) -> list[str]:
@@ -155,6 +162,7 @@ def srd_place_renderer(session: Session, run: Run | None) -> bool | None:
             _take_off_renderer(session)  # the user removed the host's offloading since the last call
         return None
     if run is not None:  # at enable nothing moves: the previous session may still own the renderer
+        _refuse_problems(session, technique)
         _join(session, technique)
     return True
 
@@ -164,9 +172,7 @@ def srd_run_start(session: Session, run: Run) -> None:
     keep_router_on_top(session)
     technique = host_offloading(session.sketcher)
     if technique is not None and session.renderer is not session.sketcher:
-        problems = _problems(session, technique)
-        if problems:
-            raise ValueError("srd_plugin cannot run this setup:\n" + "\n".join(f"  - {p}" for p in problems))
+        _refuse_problems(session, technique)  # (placement is skipped with move_renderer=False)
 
 
 @hookimpl

@@ -65,13 +65,12 @@ def srd_check_setup(session: Session) -> list[str]:
     device = module_device(session.sketcher)
     if not placement.offloading_applies(device) or host_offloading(session.sketcher):
         return []
-    others = [
-        name
-        for name, component in session.pipe.components.items()
-        if isinstance(component, torch.nn.Module) and component is not session.sketcher
-        if module_device(component) == device
-    ]
-    if others:
+    if any(
+        isinstance(component, torch.nn.Module)
+        and component is not session.sketcher
+        and module_device(component) == device
+        for component in session.pipe.components.values()
+    ):
         return []
     return [
         f"offload_sketcher='after_switch' needs another pipeline component on {device} (pipe.to({str(device)!r}) "

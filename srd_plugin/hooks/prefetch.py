@@ -120,7 +120,7 @@ def _copy_in_background(renderer: torch.nn.Module, device: torch.device, state: 
     main = torch.cuda.current_stream(device)
     if state.stream is None:
         state.stream = torch.cuda.Stream(device)
-    state.stream.wait_stream(main)  # nothing queued before this call may still use the renderer's memory
+    state.stream.wait_stream(main)  # the copy starts after the work already queued (the text encoder's)
     with torch.cuda.stream(state.stream):
         placement.move(renderer, device)
     state.ready = torch.cuda.Event()
