@@ -1,6 +1,6 @@
 """GPU memory benchmark: what `offload_sketcher` and `prefetch_renderer` buy with the real Wan2.1 shapes.
 
-    python benchmarks/gpu_memory.py            # on a CUDA GPU; about 1.5 minutes on one H100
+    python benchmarks/gpu_memory.py            # on a CUDA GPU; an estimated 1.5 minutes on one H100
     python benchmarks/gpu_memory.py --append   # ... and append the table to BENCHMARKS.md
     python benchmarks/gpu_memory.py --tiny     # tiny models on the CPU: the code path the test suite runs
 
@@ -9,8 +9,8 @@ Wan2.1-T2V-1.3B (renderer), random bf16 weights created directly on the GPU (not
 downloaded; the 14B never exists on the CPU). Pipeline: a real `WanPipeline` with a tiny VAE on the
 GPU, prompt embeddings passed in (umT5 width 4096, 512 tokens, as the real pipeline pads) and
 latent output. One short shape keeps the run brief: 480x832, 17 frames (7,800 video tokens; the
-standard 81 frames would make every 14B step about 5 s). 10 steps, the switch after step 3
-(`switch="step"`), classifier-free guidance on (two transformer calls per step).
+standard 81 frames would make every 14B step about 5 s). 10 steps, two of them sketched
+(`switch="step", switch_step=2`), classifier-free guidance on (two transformer calls per step).
 
 Three modes, each warmed up by one call, then measured:
 
@@ -76,7 +76,7 @@ class Setup:
     device: str
 
 
-GPU = Setup(WAN_14B, WAN_1_3B, WAN_COMMON, 480, 832, 17, 512, 10, 3, 3, torch.bfloat16, "cuda")
+GPU = Setup(WAN_14B, WAN_1_3B, WAN_COMMON, 480, 832, 17, 512, 10, 2, 3, torch.bfloat16, "cuda")
 TINY = Setup(
     dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, ffn_dim=64),
     dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=32),
