@@ -74,7 +74,7 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
         problems += [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
         if problems:
             raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in problems))
-        _place(sketcher, renderer_module, config)
+        _place(session)
         previous = _SESSIONS.pop(pipe, None)
         if previous is not None:
             previous.uninstall()
@@ -145,7 +145,7 @@ def _check_placement(sketcher: torch.nn.Module, renderer: torch.nn.Module, confi
         return
     problems = []
     sketcher_device, renderer_device = module_device(sketcher), module_device(renderer)
-    if sketcher_device != renderer_device:
+    if sketcher_device != renderer_device and sketcher_device.type != "meta":  # meta: sequential CPU offloading
         problems.append(
             f"device: the sketcher is on {sketcher_device}, the renderer on {renderer_device}, and "
             f"move_renderer=False forbids moving it; call renderer.to({str(sketcher_device)!r}) "
@@ -160,11 +160,16 @@ def _check_placement(sketcher: torch.nn.Module, renderer: torch.nn.Module, confi
         raise IncompatibleRendererError(problems)
 
 
-def _place(sketcher: torch.nn.Module, renderer: torch.nn.Module, config: SRDConfig) -> None:
+def _place(session: Session) -> None:
+    """Convert the renderer's dtype, then put it on the sketcher's device, unless a placement
+    plugin (offloading, prefetch: `srd_place_renderer`) owns where the renderer lives."""
+    sketcher, renderer, config = session.sketcher, session.renderer, session.config
     if renderer is sketcher or not config.move_renderer:
+        return
+    if config.renderer_dtype is not None:
+        renderer.to(getattr(torch, config.renderer_dtype))
+    if session.hook.srd_place_renderer(session=session, run=None):
         return
     device = module_device(sketcher)
     if device.type != "meta" and module_device(renderer) != device:
         renderer.to(device)
-    if config.renderer_dtype is not None:
-        renderer.to(getattr(torch, config.renderer_dtype))

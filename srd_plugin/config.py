@@ -21,6 +21,7 @@ SWITCH_POLICIES = ("adaptive", "step", "ratio", "boundary")
 RENDERER_FAILURE_MODES = ("fallback", "raise")
 RENDERER_DTYPES = ("float32", "float16", "bfloat16")
 ALIGN_MODES = ("auto", "none")
+OFFLOAD_SKETCHER_MODES = ("never", "after_switch")
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -83,6 +84,14 @@ class SRDConfig:
         teacache_renderer: the renderer's own `TeaCacheConfig` (e.g. another threshold), or
             False for no TeaCache on the renderer; None (default) follows `teacache`.
         sage_attention: route both models' attention to SageAttention where it can run.
+
+    Memory (see docs/memory.md):
+        offload_sketcher: "never" (default) keeps the sketcher on the accelerator;
+            "after_switch" moves its weights to the CPU at the switch and back at the start of
+            the next call that sketches (a call that renders from step 0 leaves it on the CPU).
+        prefetch_renderer: keep the renderer on the CPU (pinned memory) between calls and copy
+            it to the accelerator on a side CUDA stream during the sketch phase, so the switch
+            does not wait for the copy; it goes back to the CPU when the call's denoising ends.
     """
 
     switch: str = "adaptive"
@@ -102,6 +111,8 @@ class SRDConfig:
     teacache: TeaCacheConfig | None = None
     teacache_renderer: TeaCacheConfig | bool | None = None
     sage_attention: bool = False
+    offload_sketcher: str = "never"
+    prefetch_renderer: bool = False
 
     def __post_init__(self) -> None:
         self._validate()
@@ -169,6 +180,10 @@ class SRDConfig:
             _fail("teacache_renderer", renderer, "None (as teacache), False (none on the renderer) or a TeaCacheConfig")
         if not isinstance(self.sage_attention, bool):
             _fail("sage_attention", self.sage_attention, "True or False")
+        if self.offload_sketcher not in OFFLOAD_SKETCHER_MODES:
+            _fail("offload_sketcher", self.offload_sketcher, f"choose one of {', '.join(OFFLOAD_SKETCHER_MODES)}")
+        if not isinstance(self.prefetch_renderer, bool):
+            _fail("prefetch_renderer", self.prefetch_renderer, "True or False")
 
     def _validate_policy_parameter(self, field: str, policy: str, allowed: str, ok: Any) -> None:
         value = getattr(self, field)

@@ -143,3 +143,28 @@ def srd_agree_decision(session: Session, run: Run, step_index: int, decision: De
     parallelism), each must switch at the same step or their collectives no longer match:
     a plugin decides once (e.g. rank 0) and shares the result.
     """
+
+
+# -- placement and faults (memory plugins) -------------------------------------------------
+@hookspec(firstresult=True)
+def srd_place_renderer(session: Session, run: Run | None) -> bool | None:
+    """Put the renderer where the coming work needs it; return True if this plugin did.
+
+    Called by `enable` (with `run=None`, after the checks, before anything is installed) and at
+    the start of every call (after the run's policy decided `run.phase`, the role of step 0,
+    before `srd_run_start`). When no plugin answers True, the core's default applies: the
+    renderer follows the sketcher's device (`SRDConfig.move_renderer`). Offloading plugins own
+    the placement instead (renderer kept on the CPU and prefetched, or handed to the host's
+    offloading hooks). At a call's start a `RuntimeError` raised here (out of memory) makes the
+    sketcher run the whole call (`SRDConfig.on_renderer_failure`); leave the renderer whole.
+    """
+
+
+@hookspec
+def srd_fallback(session: Session, run: Run, step_index: int) -> None:
+    """The renderer cannot be used: the sketcher runs this call from step `step_index` on.
+
+    Called when the renderer returned NaN/Inf, could not be moved in at the call's start, or a
+    `srd_switch` implementation raised a `RuntimeError` (e.g. out of memory while moving the
+    renderer in). Bring the sketcher back to the accelerator and release the renderer here.
+    """

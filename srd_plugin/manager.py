@@ -25,6 +25,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "srd_plugin.hooks.caches",
     "srd_plugin.hooks.teacache",
     "srd_plugin.hooks.sageattention",
+    "srd_plugin.hooks.host_offload",
+    "srd_plugin.hooks.offload",
+    "srd_plugin.hooks.prefetch",
+    "srd_plugin.hooks.memory",
 )
 
 _lock = threading.Lock()

@@ -80,6 +80,14 @@ def _step_role(run: Run) -> str:
     return next(iter(run.step_models), run.phase)
 
 
+def _is_class_forward(module: torch.nn.Module) -> bool:
+    """True when the instance attribute `forward` (if any) is the class's own method, bound to `module`."""
+    forward = module.__dict__.get("forward")
+    return forward is None or (
+        getattr(forward, "__func__", None) is type(module).forward and getattr(forward, "__self__", None) is module
+    )
+
+
 class _NoState(BaseState):
     def reset(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -205,8 +213,9 @@ class Session:
         if self._router is not None and registry.get_hook(ROUTER_HOOK_NAME) is self._router:
             registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
         if not registry.hooks:
-            # leave the module exactly as we found it
-            if not self._forward_was_instance_attr:
+            # leave the module exactly as we found it; a forward that is no longer the class's own
+            # (accelerate's offloading hook, added after enable) now belongs to its owner
+            if not self._forward_was_instance_attr and _is_class_forward(self.sketcher):
                 self.sketcher.__dict__.pop("forward", None)
             if not self._registry_existed:
                 del self.sketcher._diffusers_hook
@@ -285,14 +294,16 @@ class Session:
             num_steps=len(timesteps),
             timesteps=timesteps,
         )
-        run = Run(policy=policy, trace=trace, num_steps=len(timesteps))
+        # phase = the role of step 0 already, so placement plugins and srd_run_start know whether
+        # this call sketches at all (a render-from-step-0 call must not bring the sketcher back)
+        run = Run(policy=policy, trace=trace, num_steps=len(timesteps), phase=first_phase)
         pipe = self.pipe
         if pipe is not None:
             _LAST_TRACES[pipe] = trace
         self.active_run = run
         try:
             try:
-                self._place_renderer()
+                self._place_renderer(run)
             except RuntimeError as error:  # torch.OutOfMemoryError is one
                 self.fall_back(run, f"moving the renderer to the sketcher's device failed ({error})", error)
             self.hook.srd_run_start(session=self, run=run)
@@ -304,8 +315,9 @@ class Session:
             self.abort_run(run, error)
             raise
 
-    def _place_renderer(self) -> None:
-        """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`).
+    def _place_renderer(self, run: Run) -> None:
+        """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`),
+        unless a placement plugin (offloading, prefetch: `srd_place_renderer`) owns the renderer's placement.
 
         A renderer that another enabled pipeline shares is not pulled away from it (that
         pipeline may be in the middle of a call in another thread): the RuntimeError makes
@@ -313,6 +325,9 @@ class Session:
         undone, so the renderer's weights do not keep device memory the sketcher now needs.
         """
         if self.renderer is self.sketcher or not self.config.move_renderer:
+            return
+        if self.hook.srd_place_renderer(session=self, run=run):
+            self.refresh_dtypes()
             return
         device = module_device(self.sketcher)
         home = module_device(self.renderer)
@@ -382,7 +397,11 @@ class Session:
             return
         run.phase = RENDER
         run.trace.switch_step = step_index
-        self.hook.srd_switch(session=self, run=run, step_index=step_index)
+        try:
+            self.hook.srd_switch(session=self, run=run, step_index=step_index)
+        except RuntimeError as error:  # e.g. out of memory while a plugin moves the renderer in
+            run.trace.switch_step = None
+            self.fall_back(run, f"switching to the renderer failed ({error})", error)
 
     def _end_run(self, run: Run) -> None:
         run.trace.completed = run.step_index >= run.num_steps
@@ -478,3 +497,4 @@ class Session:
         run.fell_back = True
         run.trace.fallback_step = step
         run.trace.events.append(f"{reason}: the sketcher took over from step {step}")
+        self.hook.srd_fallback(session=self, run=run, step_index=step)

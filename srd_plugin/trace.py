@@ -29,6 +29,9 @@ class RunTrace:
     completed: False when the call stopped early (exception, interrupt).
     fallback_step: first step the sketcher re-took after a renderer failure, else None.
     events: human-readable notes (fallbacks, warnings) in the order they happened.
+    memory_allocated / memory_reserved: per step, the peak bytes the CUDA caching allocator had
+        allocated / reserved on the execution device during that step (empty without CUDA;
+        recorded by `srd_plugin.hooks.memory`).
     """
 
     pipeline: str = ""
@@ -44,6 +47,8 @@ class RunTrace:
     completed: bool = False
     fallback_step: int | None = None
     events: list[str] = field(default_factory=list)
+    memory_allocated: list[int] = field(default_factory=list)
+    memory_reserved: list[int] = field(default_factory=list)
 
     # -- derived figures -------------------------------------------------------------
     def steps_of(self, role: str) -> list[int]:
@@ -55,6 +60,13 @@ class RunTrace:
     @property
     def total_seconds(self) -> float:
         return sum(self.step_seconds)
+
+    def peak_memory_of(self, role: str) -> tuple[int, int] | None:
+        """(allocated, reserved) peak bytes over the steps of `role`, None when nothing was recorded."""
+        steps = [i for i in self.steps_of(role) if i < len(self.memory_allocated) and i < len(self.memory_reserved)]
+        if not steps:
+            return None
+        return max(self.memory_allocated[i] for i in steps), max(self.memory_reserved[i] for i in steps)
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -99,8 +111,19 @@ class RunTrace:
             lines.append(f"  {role:<8}{len(steps):>7}{span:>12}{seconds:>10.2f}{per_step:>9}")
         lines.append(f"  {'total':<8}{len(self.roles):>7}{'':>12}{self.total_seconds:>10.2f}")
         lines.append("  " + self._switch_line())
+        lines.extend(self._memory_lines())
         lines.extend(f"  note: {event}" for event in self.events)
         return "\n".join(lines)
+
+    def _memory_lines(self) -> list[str]:
+        peaks = {role: self.peak_memory_of(role) for role in ("sketch", "render")}
+        if all(peak is None for peak in peaks.values()):
+            return []
+        gib = 1024**3
+        parts = [
+            f"{role} {peak[0] / gib:.2f} / {peak[1] / gib:.2f}" for role, peak in peaks.items() if peak is not None
+        ]
+        return ["  peak memory GiB (allocated / reserved): " + ", ".join(parts)]
 
     def _switch_line(self) -> str:
         if self.switch_step is None:
