@@ -143,7 +143,10 @@ def teacache_rows() -> list[Result]:
     sketcher alone with TeaCache, its threshold chosen on the validation split so that
     its denoising time matches SRD adaptive's, and return its Result.
     """
-    if importlib.util.find_spec("srd_plugin.hooks.teacache") is None:
+    if (
+        importlib.util.find_spec("srd_plugin.hooks") is None
+        or importlib.util.find_spec("srd_plugin.hooks.teacache") is None
+    ):
         return []
     print("note: srd_plugin.hooks.teacache exists but this benchmark does not drive it yet", file=sys.stderr)
     return []
@@ -151,7 +154,7 @@ def teacache_rows() -> list[Result]:
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    pipe, renderer = load_miniature_pipeline()
+    pipe, renderer = load_miniature_pipeline(args.weights)
     prompts = dataset.prompts_of(args.split)[: args.prompts]
     clips = [(p, 1000 + s) for p in prompts for s in range(args.seeds)]  # seeds never used in training
     adaptive = {"threshold": args.threshold, "min_sketch_steps": args.min_sketch_steps}
@@ -252,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=srd.SRDConfig().threshold)
     parser.add_argument("--min-sketch-steps", type=int, default=srd.SRDConfig().min_sketch_steps)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="a folder with pipeline/ and renderer/ (default: shipped)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write the quality-versus-time picture (PNG)")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
