@@ -229,7 +229,21 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for axis, key, label in ((axes[0], "semantic", "semantic accuracy (%)"), (axes[1], "detail_db", "detail (dB)")):
+    panels = (
+        (axes[0], "semantic", "semantic", "semantic accuracy (%)"),
+        (axes[1], "detail_db", "detail", "detail (dB)"),
+    )
+    for axis, key, reference_key, label in panels:
+        axis.axhline(report["reference"][reference_key], color="grey", linestyle="--", linewidth=1)
+        axis.annotate(
+            "true clips through the VAE",
+            (0.01, report["reference"][reference_key]),
+            fontsize=7,
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            color="grey",
+        )
         for row in report["rows"]:
             axis.scatter(row["seconds"], row[key], s=30)
             axis.annotate(
