@@ -1,0 +1,300 @@
+"""Quality benchmark on the miniature world: does SRD keep the sketcher's semantics at lower cost?
+
+    python benchmarks/quality.py                         # held-out prompts, 8 seeds, 20 steps
+    python benchmarks/quality.py --split validation      # the split any tuning may look at
+    python benchmarks/quality.py --append --plot benchmarks/quality.png
+    python benchmarks/quality.py --quick                 # seconds; the path the test suite runs
+
+Every method generates the same (prompt, seed) clips from the same initial noise with the
+shipped miniature pair, and the procedural evaluators of `srd_plugin.miniature.evaluate`
+score them: semantic accuracy (colour, shape and direction all as prompted), the detail
+score (PSNR against a clean re-rendering of what was detected), edge sharpness and
+background noise. Methods:
+
+* sketcher only, renderer only (all N steps on one model);
+* SRD adaptive (the default policy) and SRD with fixed switch steps;
+* step reduction: the sketcher alone with M < N steps, M chosen after the first pass so that
+  its denoising compute equals SRD adaptive's measured mean;
+* TeaCache at the same compute: only where a TeaCache plugin exists (see `teacache_rows`).
+
+Methods are interleaved per clip, so drift on a shared machine hits all alike. Wall time is
+the whole pipeline call (text encoding and VAE decoding included); "denoise" is the sum of
+the per-step times from the SRD trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import srd_plugin as srd  # noqa: E402
+from srd_plugin.miniature import dataset, evaluate  # noqa: E402
+from srd_plugin.miniature.models import DEFAULT_STEPS, load_miniature_pipeline, miniature_call_kwargs  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of generating: a step count and the SRD settings (always enabled, so every run has a trace)."""
+
+    label: str
+    num_steps: int
+    settings: dict[str, Any]
+
+
+@dataclass
+class Result:
+    method: Method
+    scores: list[evaluate.ClipScore] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    denoise_seconds: list[float] = field(default_factory=list)
+    sketch_steps: list[int] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        summary = evaluate.summarise(self.scores)
+        return {
+            "method": self.method.label,
+            "steps": self.method.num_steps,
+            "sketch_steps": float(np.mean(self.sketch_steps)),
+            "clips": summary.count,
+            "semantic": summary.semantic,
+            "colour": summary.colour,
+            "shape": summary.shape,
+            "direction": summary.direction,
+            "detail_db": summary.detail,
+            "sharpness": summary.sharpness,
+            "background_noise": summary.background_noise,
+            "seconds": statistics.mean(self.seconds),
+            "denoise_seconds": statistics.mean(self.denoise_seconds),
+        }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def first_pass_methods(steps: int, fixed: list[int], adaptive: dict[str, Any]) -> list[Method]:
+    methods = [
+        Method("sketcher only", steps, {"switch": "step", "switch_step": steps}),
+        Method("renderer only", steps, {"switch": "step", "switch_step": 0}),
+        Method("SRD adaptive", steps, {"switch": "adaptive", **adaptive}),
+    ]
+    methods += [Method(f"SRD switch at {k}", steps, {"switch": "step", "switch_step": k}) for k in fixed]
+    return methods
+
+
+def generate(pipe: Any, renderer: Any, method: Method, prompt: dataset.Prompt, seed: int, result: Result) -> None:
+    srd.enable(pipe, renderer, **method.settings)
+    start = time.perf_counter()
+    frames = pipe(**miniature_call_kwargs(prompt.text, seed=seed, num_inference_steps=method.num_steps)).frames[0]
+    result.seconds.append(time.perf_counter() - start)
+    trace = srd.last_trace(pipe)
+    result.denoise_seconds.append(trace.total_seconds)
+    result.sketch_steps.append(len(trace.steps_of("sketch")))
+    result.scores.append(evaluate.score_clip(frames, prompt))
+
+
+def run_pass(pipe: Any, renderer: Any, methods: list[Method], clips: list[tuple[dataset.Prompt, int]]) -> list[Result]:
+    results = [Result(m) for m in methods]
+    for prompt, seed in clips:
+        for result in results:
+            generate(pipe, renderer, result.method, prompt, seed, result)
+    srd.disable(pipe)
+    return results
+
+
+def reference_row(pipe: Any, clips: list[tuple[dataset.Prompt, int]]) -> dict[str, Any]:
+    """The ceiling: the ground-truth clips of the same prompts and seeds, through the VAE and back."""
+    scores = []
+    with torch.no_grad():
+        for prompt, seed in clips:
+            x = torch.from_numpy(dataset.to_model_range(dataset.make_clip(prompt, seed)))[None]
+            decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample[0]
+            frames = ((decoded.clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).numpy()
+            scores.append(evaluate.score_clip(frames, prompt))
+    summary = evaluate.summarise(scores)
+    return {"method": "reference: true clips through the VAE", **asdict(summary)}
+
+
+def teacache_rows() -> list[Result]:
+    """TeaCache at the same compute as SRD adaptive.
+
+    TEACACHE: this branch has no TeaCache plugin (another change adds
+    `srd_plugin/hooks/teacache.py`). Once it exists, add a method here that runs the
+    sketcher alone with TeaCache, its threshold chosen on the validation split so that
+    its denoising time matches SRD adaptive's, and return its Result.
+    """
+    if (
+        importlib.util.find_spec("srd_plugin.hooks") is None
+        or importlib.util.find_spec("srd_plugin.hooks.teacache") is None
+    ):
+        return []
+    print("note: srd_plugin.hooks.teacache exists but this benchmark does not drive it yet", file=sys.stderr)
+    return []
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    pipe, renderer = load_miniature_pipeline(args.weights)
+    prompts = dataset.prompts_of(args.split)[: args.prompts]
+    clips = [(p, 1000 + s) for p in prompts for s in range(args.seeds)]  # seeds never used in training
+    adaptive = {"threshold": args.threshold, "min_sketch_steps": args.min_sketch_steps}
+    fixed = sorted({max(1, args.steps // 5), args.steps // 4, args.steps // 2})
+    methods = first_pass_methods(args.steps, fixed, adaptive)
+    pipe(**miniature_call_kwargs(prompts[0].text, num_inference_steps=2))  # warm-up
+    started = time.perf_counter()
+    results = run_pass(pipe, renderer, methods, clips)
+    by_label = {r.method.label: r for r in results}
+    compute_share = statistics.mean(by_label["SRD adaptive"].denoise_seconds) / statistics.mean(
+        by_label["sketcher only"].denoise_seconds
+    )
+    reduced_steps = max(1, round(args.steps * compute_share))
+    reduction = Method(
+        f"step reduction ({reduced_steps} steps)", reduced_steps, {"switch": "step", "switch_step": reduced_steps}
+    )
+    results += run_pass(pipe, renderer, [reduction], clips)
+    results += teacache_rows()
+    rows = [r.row() for r in results]
+    sketcher_seconds = rows[0]["seconds"]
+    for row in rows:
+        row["speedup"] = sketcher_seconds / row["seconds"]
+    return {
+        "split": args.split,
+        "prompts": [p.text for p in prompts],
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "adaptive": adaptive,
+        "rows": rows,
+        "reference": reference_row(pipe, clips),
+        "benchmark_seconds": time.perf_counter() - started,
+        "date": str(datetime.date.today()),
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"Miniature quality benchmark: {report['split']} split, {len(report['prompts'])} prompts x "
+        f"{report['seeds']} seeds, {report['steps']} steps, adaptive {report['adaptive']}",
+        f"date {report['date']}, {report['cpu']}, {report['threads']} threads, torch {report['torch']}, "
+        f"benchmark took {report['benchmark_seconds']:.0f} s",
+        "",
+        "| method | sketch steps | semantic % | colour % | shape % | direction % | detail dB | sharpness "
+        "| bg noise | seconds | denoise s | speedup |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['method']} | {row['sketch_steps']:.1f}/{row['steps']} | {row['semantic']:.1f} | "
+            f"{row['colour']:.1f} | {row['shape']:.1f} | {row['direction']:.1f} | {row['detail_db']:.2f} | "
+            f"{row['sharpness']:.3f} | {row['background_noise']:.4f} | {row['seconds']:.3f} | "
+            f"{row['denoise_seconds']:.3f} | {row['speedup']:.2f}x |"
+        )
+    ref = report["reference"]
+    lines.append(
+        f"| {ref['method']} | - | {ref['semantic']:.1f} | {ref['colour']:.1f} | {ref['shape']:.1f} | "
+        f"{ref['direction']:.1f} | {ref['detail']:.2f} | {ref['sharpness']:.3f} | {ref['background_noise']:.4f} "
+        "| - | - | - |"
+    )
+    if not any(row["method"].startswith("TeaCache") for row in report["rows"]):
+        lines += ["", "TeaCache at the same compute: no TeaCache plugin on this branch (row not measured)."]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (
+        (axes[0], "semantic", "semantic", "semantic accuracy (%)"),
+        (axes[1], "detail_db", "detail", "detail (dB)"),
+    )
+    for axis, key, reference_key, label in panels:
+        axis.axhline(report["reference"][reference_key], color="grey", linestyle="--", linewidth=1)
+        axis.annotate(
+            "true clips through the VAE",
+            (0.01, report["reference"][reference_key]),
+            fontsize=7,
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            color="grey",
+        )
+        for row in report["rows"]:
+            axis.scatter(row["seconds"], row[key], s=30)
+            axis.annotate(
+                row["method"], (row["seconds"], row[key]), fontsize=7, xytext=(4, 3), textcoords="offset points"
+            )
+        axis.set_xlabel("wall time per clip (s)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    fig.suptitle(f"Miniature world, {report['split']} prompts: quality versus time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 prompts, 1 seed, 6 steps: seconds (used by the tests)")
+    parser.add_argument("--split", default="test", choices=dataset.SPLITS)
+    parser.add_argument("--prompts", type=int, default=None, help="use the first N prompts of the split")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--threshold", type=float, default=srd.SRDConfig().threshold)
+    parser.add_argument("--min-sketch-steps", type=int, default=srd.SRDConfig().min_sketch_steps)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="a folder with pipeline/ and renderer/ (default: shipped)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="write the quality-versus-time picture (PNG)")
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    args.prompts = args.prompts or (2 if args.quick else None)
+    args.seeds = args.seeds or (1 if args.quick else 8)
+    args.steps = args.steps or (6 if args.quick else DEFAULT_STEPS)
+    if args.quick:
+        args.min_sketch_steps = min(args.min_sketch_steps, 2)
+    report = benchmark(args)
+    text = table(report)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        print(f"wrote {plot(report, args.plot)}")
+    if args.append:
+        command = "python " + " ".join(["benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+        path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+        with path.open("a") as handle:
+            handle.write(f"\n### `{command}`\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

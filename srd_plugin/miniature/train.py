@@ -1,0 +1,418 @@
+"""The training recipe of the miniature pair; reproduces the shipped weights.
+
+    python -m srd_plugin.miniature.train --work runs/miniature            # all stages, resumable
+    python -m srd_plugin.miniature.train --work runs/miniature --export   # ... then copy into the package
+
+Stages, each checkpointed in the work folder and skipped or resumed when run again:
+
+1. ``clips``: a bank of training clips (training prompts only), drawn from fixed seeds.
+2. ``vae``: a tiny `AutoencoderKLWan` (4x spatial, 4x temporal compression) learns to
+   reconstruct them from the posterior mean (MSE + L1, the object's pixels weighted 11x, + a small
+   KL term).
+3. ``latents``: the bank encoded (posterior mean); per-channel mean and std go into the VAE
+   config (`latents_mean`, `latents_std`), which is how WanPipeline un-normalises latents.
+   ``decoder``: the decoder alone goes on learning on these frozen latents (the latent space
+   does not move, so this can run beside stage 4).
+4. ``sketcher`` and ``renderer``: two `WanTransformer3DModel`s learn flow matching on the
+   normalised latents (x_t = (1 - s) x0 + s e, target e - x0, s from a shifted uniform that
+   matches the inference schedule, 10% of prompts dropped to the empty prompt for CFG),
+   conditioned on a frozen random UMT5 encoder through the in-memory tokenizer of
+   `srd_plugin.testing`. Same data, same steps, same recipe; only the size differs. An EMA
+   of the weights is what gets saved.
+5. ``pipeline``: a `WanPipeline` folder (save_pretrained) plus a ``renderer`` folder.
+
+Every random draw of step k comes from a generator seeded with (seed, stage, k), so a
+resumed run continues exactly where a straight run would be. The learning rates are constant
+after a warm-up, so the step counts of a stage that has not finished may be changed when
+resuming (to stop early or go on); a finished stage (its result folder exists) is reused as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import dataset
+from .models import (
+    FLOW_SHIFT,
+    MAX_SEQUENCE_LENGTH,
+    RENDERER_SIZE,
+    SKETCHER_SIZE,
+    build_text_encoder,
+    build_tokenizer,
+    build_transformer,
+    build_vae,
+    make_scheduler,
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seed: int = 0
+    clips_per_prompt: int = 48
+    vae_steps: int = 1200
+    vae_batch: int = 4
+    vae_lr: float = 5e-4
+    vae_kl_weight: float = 1e-6
+    vae_object_weight: float = 10.0
+    decoder_steps: int = 1500
+    sketcher_steps: int = 1500
+    renderer_steps: int = 1500
+    batch: int = 32
+    sketcher_lr: float = 5e-4
+    renderer_lr: float = 1e-3
+    warmup: int = 100
+    ema_decay: float = 0.995
+    cfg_dropout: float = 0.1
+    checkpoint_every: int = 50
+
+
+def _generator(recipe: Recipe, stage: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(recipe.seed * 1_000_003 + stage * 100_003 + step)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never corrupts the checkpoint
+
+
+def _log(work: Path, message: str) -> None:
+    with (work / "train.log").open("a") as handle:
+        handle.write(f"{time.strftime('%H:%M:%S')} cpu {time.process_time():.0f}s {message}\n")
+
+
+# -- stage 1: clips -----------------------------------------------------------------------
+def stage_clips(work: Path, recipe: Recipe) -> dict[str, Any]:
+    path = work / "clips.pt"
+    if path.exists():
+        return torch.load(path)
+    prompts = dataset.prompts_of("train")
+    clips, masks, labels = [], [], []
+    for index, prompt in enumerate(tqdm(prompts, desc="clips")):
+        for k in range(recipe.clips_per_prompt):
+            params = dataset.sample_params(prompt, seed=recipe.seed * 100_000 + k)
+            clips.append(dataset.to_model_range(dataset.render(params)))
+            masks.append(dataset.coverage(params))
+            labels.append(index)
+    bank = {
+        "clips": torch.from_numpy(np.stack(clips)).to(torch.float16),
+        "masks": torch.from_numpy(np.stack(masks)).to(torch.float16),
+        "labels": torch.tensor(labels),
+        "prompts": [p.text for p in prompts],
+    }
+    _save(path, bank)
+    return bank
+
+
+# -- stage 2: VAE ---------------------------------------------------------------------------
+def stage_vae(work: Path, recipe: Recipe, bank: dict[str, Any]) -> Any:
+    final = work / "vae_final"
+    if final.exists():
+        from diffusers import AutoencoderKLWan
+
+        return AutoencoderKLWan.from_pretrained(final).eval()
+    vae = build_vae(seed=recipe.seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    checkpoint = work / "vae.pt"
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    clips = bank["clips"]
+    vae.train()
+    progress = tqdm(range(start, recipe.vae_steps), desc="vae", initial=start, total=recipe.vae_steps)
+    for step in progress:
+        generator = _generator(recipe, 2, step)
+        index = torch.randint(len(clips), (recipe.vae_batch,), generator=generator)
+        x = clips[index].float()
+        # the object covers ~5% of the pixels: weight it (and a pixel around it) so it is not averaged away
+        mask = torch.nn.functional.max_pool3d(
+            bank["masks"][index, None].float(), (1, 3, 3), stride=1, padding=(0, 1, 1)
+        )
+        weight = 1.0 + recipe.vae_object_weight * mask
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.vae_lr * min(1.0, (step + 1) / 50)
+        posterior = vae.encode(x).latent_dist
+        # decode the posterior mean: with a few hundred steps there is no time to wait for the encoder
+        # to shrink its initial unit variance, and the latents used later are the means anyway
+        y = vae.decode(posterior.mean).sample
+        error = y - x
+        mse = (error**2).mean()
+        loss = (weight * (error**2 + 0.5 * error.abs())).mean() + recipe.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(mse=f"{mse.item():.4f}")
+        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.vae_steps:
+            _save(checkpoint, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
+            _log(work, f"vae step {step + 1} mse {mse.item():.5f}")
+    vae.eval()
+    vae.save_pretrained(final)
+    return vae
+
+
+# -- stage 3: latents -----------------------------------------------------------------------
+@torch.no_grad()
+def stage_latents(work: Path, recipe: Recipe, bank: dict[str, Any], vae: Any) -> dict[str, Any]:
+    path = work / "latents.pt"
+    if path.exists():
+        return torch.load(path)
+    means = []
+    for chunk in tqdm(bank["clips"].split(16), desc="latents"):
+        means.append(vae.encode(chunk.float()).latent_dist.mean)
+    latents = torch.cat(means)
+    channel_mean = latents.mean(dim=(0, 2, 3, 4))
+    channel_std = latents.std(dim=(0, 2, 3, 4))
+    shape = (1, -1, 1, 1, 1)
+    normalised = (latents - channel_mean.view(shape)) / channel_std.view(shape)
+    result = {
+        "latents": normalised,
+        "labels": bank["labels"],
+        "prompts": bank["prompts"],
+        "latents_mean": channel_mean.tolist(),
+        "latents_std": channel_std.tolist(),
+    }
+    _save(path, result)
+    _log(work, f"latents {tuple(latents.shape)} mean {channel_mean.tolist()} std {channel_std.tolist()}")
+    return result
+
+
+# -- stage 3b: decoder refinement -------------------------------------------------------------
+def stage_decoder(work: Path, recipe: Recipe, bank: dict[str, Any], vae: Any, data: dict[str, Any]) -> Any:
+    """Go on training the decoder alone, on the frozen latents of stage 3.
+
+    The latent space stays exactly what the transformers learn on, so this stage can run
+    beside them (in its own process) and still improve every decoded frame.
+    """
+    final = work / "vae_refined"
+    if final.exists():
+        from diffusers import AutoencoderKLWan
+
+        return AutoencoderKLWan.from_pretrained(final).eval()
+    vae = copy.deepcopy(vae)
+    parameters = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.vae_lr, weight_decay=0.0)
+    checkpoint = work / "decoder.pt"
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    shape = (1, -1, 1, 1, 1)
+    raw = data["latents"] * torch.tensor(data["latents_std"]).view(shape) + torch.tensor(data["latents_mean"]).view(
+        shape
+    )
+    vae.decoder.train()
+    progress = tqdm(range(start, recipe.decoder_steps), desc="decoder", initial=start, total=recipe.decoder_steps)
+    for step in progress:
+        generator = _generator(recipe, 3, step)
+        index = torch.randint(len(raw), (recipe.vae_batch,), generator=generator)
+        x = bank["clips"][index].float()
+        mask = torch.nn.functional.max_pool3d(
+            bank["masks"][index, None].float(), (1, 3, 3), stride=1, padding=(0, 1, 1)
+        )
+        weight = 1.0 + recipe.vae_object_weight * mask
+        error = vae.decode(raw[index]).sample - x
+        loss = (weight * (error**2 + 0.5 * error.abs())).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(mse=f"{(error**2).mean().item():.4f}")
+        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.decoder_steps:
+            _save(checkpoint, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
+            _log(work, f"decoder step {step + 1} mse {(error**2).mean().item():.5f}")
+    vae.eval()
+    vae.save_pretrained(final)
+    return vae
+
+
+# -- stage 4: flow matching ----------------------------------------------------------------
+@torch.no_grad()
+def prompt_embeddings(tokenizer: Any, text_encoder: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings of each prompt, embedding of the empty prompt), exactly as WanPipeline computes them."""
+    from diffusers import WanPipeline
+
+    encoder_only = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=None, transformer=None
+    )
+    positive, negative = encoder_only.encode_prompt(
+        prompts, negative_prompt=[""] * len(prompts), max_sequence_length=MAX_SEQUENCE_LENGTH, device="cpu"
+    )
+    return positive, negative[:1]
+
+
+def sample_sigmas(count: int, generator: torch.Generator) -> torch.Tensor:
+    """Shifted uniform noise levels, s = shift u / (1 + (shift - 1) u): the density the sampler visits."""
+    u = torch.rand(count, generator=generator)
+    return FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
+
+
+def stage_flow(
+    work: Path, recipe: Recipe, role: str, data: dict[str, Any], embeddings: torch.Tensor, empty: torch.Tensor
+) -> Any:
+    final = work / f"{role}_final"
+    from diffusers import WanTransformer3DModel
+
+    if final.exists():
+        return WanTransformer3DModel.from_pretrained(final).eval()
+    size, lr, steps, stage = (
+        (SKETCHER_SIZE, recipe.sketcher_lr, recipe.sketcher_steps, 4)
+        if role == "sketcher"
+        else (RENDERER_SIZE, recipe.renderer_lr, recipe.renderer_steps, 5)
+    )
+    model = build_transformer(size, seed=recipe.seed + stage)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    checkpoint = work / f"{role}.pt"
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    latents, labels = data["latents"], data["labels"]
+    model.train()
+    progress = tqdm(range(start, steps), desc=role, initial=start, total=steps)
+    running = None
+    for step in progress:
+        generator = _generator(recipe, stage, step)
+        index = torch.randint(len(latents), (recipe.batch,), generator=generator)
+        x0 = latents[index]
+        text = embeddings[labels[index]].clone()
+        dropped = torch.rand(recipe.batch, generator=generator) < recipe.cfg_dropout
+        text[dropped] = empty
+        noise = torch.randn(x0.shape, generator=generator)
+        sigma = sample_sigmas(recipe.batch, generator)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / recipe.warmup)
+        prediction = model(xt, sigma * 1000, text, return_dict=False)[0]
+        loss = ((prediction - (noise - x0)) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(recipe.ema_decay, (step + 1) / (step + 10))
+            for target, source in zip(ema.parameters(), model.parameters()):
+                target.lerp_(source, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        progress.set_postfix(loss=f"{running:.4f}")
+        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == steps:
+            _save(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step + 1,
+                },
+            )
+            _log(work, f"{role} step {step + 1} loss {running:.5f}")
+    ema.save_pretrained(final)
+    return ema
+
+
+# -- stage 5: the pipeline folder ---------------------------------------------------------
+def stage_pipeline(
+    work: Path, vae: Any, latents: dict[str, Any], tokenizer: Any, text_encoder: Any, sketcher: Any, renderer: Any
+) -> Path:
+    from diffusers import WanPipeline
+
+    out = work / "miniature"
+    if out.exists():
+        shutil.rmtree(out)
+    vae.register_to_config(latents_mean=latents["latents_mean"], latents_std=latents["latents_std"])
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=make_scheduler(), transformer=sketcher
+    )
+    pipe.save_pretrained(out / "pipeline")
+    renderer.save_pretrained(out / "renderer")
+    return out
+
+
+def _fixed_part(recipe: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with the original. Step counts may change: the learning rate
+    is constant after warm-up, so stopping at step n gives what a straight n-step run gives."""
+    return {key: value for key, value in recipe.items() if not key.endswith("_steps")}
+
+
+def train(work: Path, recipe: Recipe, only: str | None = None) -> Path | None:
+    """Run (or resume) every stage; with `only="sketcher"` or `"renderer"` stop after that flow stage,
+    so the two can train in separate processes once the latents exist."""
+    work.mkdir(parents=True, exist_ok=True)
+    recipe_file = work / "recipe.json"
+    if recipe_file.exists() and _fixed_part(json.loads(recipe_file.read_text())) != _fixed_part(asdict(recipe)):
+        raise ValueError(
+            f"{work} holds a run of another recipe ({recipe_file}); only the step counts may change on resume"
+        )
+    recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
+    started = time.perf_counter()
+    bank = stage_clips(work, recipe)
+    vae = stage_vae(work, recipe, bank)
+    data = stage_latents(work, recipe, bank, vae)
+    tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(len(tokenizer), seed=recipe.seed)
+    embeddings, empty = prompt_embeddings(tokenizer, text_encoder, data["prompts"])
+    if only == "decoder":
+        stage_decoder(work, recipe, bank, vae, data)
+        _log(work, f"decoder done in this session: {time.perf_counter() - started:.0f} s")
+        return None
+    if only is not None:
+        stage_flow(work, recipe, only, data, embeddings, empty)
+        _log(work, f"{only} done in this session: {time.perf_counter() - started:.0f} s")
+        return None
+    sketcher = stage_flow(work, recipe, "sketcher", data, embeddings, empty)
+    renderer = stage_flow(work, recipe, "renderer", data, embeddings, empty)
+    vae = stage_decoder(work, recipe, bank, vae, data)
+    out = stage_pipeline(work, vae, data, tokenizer, text_encoder, sketcher, renderer)
+    _log(work, f"done in this session: {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True, type=Path, help="work folder (checkpoints, log, the result)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--export", action="store_true", help="copy the result into the package's data folder")
+    parser.add_argument(
+        "--only",
+        choices=("decoder", "sketcher", "renderer"),
+        default=None,
+        help="run just this stage (after the latents), e.g. in a process of its own",
+    )
+    for field, value in asdict(Recipe()).items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = Recipe(**{field: getattr(args, field) for field in asdict(Recipe())})
+    out = train(args.work, recipe, only=args.only)
+    if args.export and out is not None:
+        from .models import WEIGHTS_DIR
+
+        if WEIGHTS_DIR.exists():
+            shutil.rmtree(WEIGHTS_DIR)
+        shutil.copytree(out, WEIGHTS_DIR)
+        print(f"exported to {WEIGHTS_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
