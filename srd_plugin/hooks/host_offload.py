@@ -310,7 +310,9 @@ def keep_router_on_top(session: Session) -> None:
     names = list(registry.hooks)
     if any(name in GROUP_HOOK_NAMES for name in names):
         _restack_over_group_offloading(session, registry, router)
-    elif names[-1] == ROUTER_HOOK_NAME:  # no later diffusers hook wraps the router
+    elif names[-1] == ROUTER_HOOK_NAME and hasattr(session.sketcher, "_hf_hook"):
+        # no later diffusers hook wraps the router, but accelerate's offloading hook took `forward`;
+        # any other owner of `forward` (cache-dit, say) is left alone for its own checks to report
         _relink_over_accelerate(session, router)
 
 
