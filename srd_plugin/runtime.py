@@ -80,14 +80,6 @@ def _step_role(run: Run) -> str:
     return next(iter(run.step_models), run.phase)
 
 
-def _is_class_forward(module: torch.nn.Module) -> bool:
-    """True when the instance attribute `forward` (if any) is the class's own method, bound to `module`."""
-    forward = module.__dict__.get("forward")
-    return forward is None or (
-        getattr(forward, "__func__", None) is type(module).forward and getattr(forward, "__self__", None) is module
-    )
-
-
 class _NoState(BaseState):
     def reset(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -213,9 +205,10 @@ class Session:
         if self._router is not None and registry.get_hook(ROUTER_HOOK_NAME) is self._router:
             registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
         if not registry.hooks:
-            # leave the module exactly as we found it; a forward that is no longer the class's own
-            # (accelerate's offloading hook, added after enable) now belongs to its owner
-            if not self._forward_was_instance_attr and _is_class_forward(self.sketcher):
+            # leave the module exactly as we found it: with no diffusers hook left, an instance
+            # `forward` is a stale wrapper of ours (or of a plugin's, removed before the router),
+            # unless accelerate's offloading hook took `forward` after enable (it owns it then)
+            if not self._forward_was_instance_attr and not hasattr(self.sketcher, "_hf_hook"):
                 self.sketcher.__dict__.pop("forward", None)
             if not self._registry_existed:
                 del self.sketcher._diffusers_hook

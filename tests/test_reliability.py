@@ -523,12 +523,31 @@ def register():
             manager.unregister(name=name)
 
 
-@pytest.mark.parametrize("hook_name", ["srd_run_start", "srd_step_end", "srd_switch", "srd_run_end"])
+@pytest.mark.parametrize("hook_name", ["srd_run_start", "srd_step_end", "srd_run_end"])
 def test_a_plugin_raising_during_a_call_leaves_the_pipeline_usable(pipe, renderer, register, hook_name):
     srd.enable(pipe, renderer, switch="step", switch_step=2)
     expected = generate(pipe)
     register(faulty_plugin(hook_name))
     with pytest.raises(RuntimeError, match=f"{hook_name} broke"):
+        generate(pipe)
+    assert srd.is_enabled(pipe) and session_of(pipe).active_run is None
+    get_plugin_manager().unregister(name="test-faulty-0")
+    assert torch.equal(generate(pipe), expected)
+
+
+def test_a_plugin_failing_at_the_switch_hands_the_call_back_to_the_sketcher(pipe, renderer, register):
+    """A RuntimeError in `srd_switch` (out of memory while a plugin moves the renderer in) is a
+    renderer failure: the sketcher finishes the call; with on_renderer_failure="raise" it raises."""
+    sketcher_only = generate(pipe)
+    srd.enable(pipe, renderer, switch="step", switch_step=2)
+    expected = generate(pipe)
+    register(faulty_plugin("srd_switch"))
+    with pytest.warns(UserWarning, match="switching to the renderer failed.*srd_switch broke"):
+        assert torch.equal(generate(pipe), sketcher_only)
+    trace = srd.last_trace(pipe)
+    assert trace.completed and trace.switch_step is None and trace.fallback_step == 2
+    srd.enable(pipe, renderer, switch="step", switch_step=2, on_renderer_failure="raise")
+    with pytest.raises(RendererFailureError, match="srd_switch broke"):
         generate(pipe)
     assert srd.is_enabled(pipe) and session_of(pipe).active_run is None
     get_plugin_manager().unregister(name="test-faulty-0")

@@ -32,8 +32,13 @@ OFFLOAD_DEVICE = torch.device("cpu")
 
 
 def execution_device(session: Session) -> torch.device:
-    """The device the pipeline computes on (replaced in CPU tests, see the module docstring)."""
-    return torch.device(session.pipe._execution_device)
+    """The device the pipeline computes on (replaced in CPU tests, see the module docstring).
+
+    A host that is not a diffusers pipeline (a hand-written loop with a third-party adapter)
+    has no `_execution_device`: its sketcher's device is where it computes.
+    """
+    device = getattr(session.pipe, "_execution_device", None)
+    return torch.device(device) if device is not None else module_device(session.sketcher)
 
 
 def offloading_applies(device: torch.device) -> bool:
