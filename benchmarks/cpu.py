@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -25,22 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import srd_plugin as srd  # noqa: E402
+from benchmarks.shapes import cpu_name  # noqa: E402
 from srd_plugin.testing import WanSize, tiny_wan_pipeline, tiny_wan_transformer  # noqa: E402
 
 MID_SKETCHER = WanSize(num_layers=8, num_attention_heads=8, attention_head_dim=32, ffn_dim=1024)
 MID_RENDERER = WanSize(num_layers=4, num_attention_heads=2, attention_head_dim=32, ffn_dim=256)
 TINY_SKETCHER = WanSize(num_layers=2, num_attention_heads=2, attention_head_dim=16, ffn_dim=64)
 TINY_RENDERER = WanSize(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=32)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(tiny: bool):

@@ -37,22 +37,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import srd_plugin as srd  # noqa: E402
+from benchmarks.shapes import (  # noqa: E402
+    COG_2B_SIZE,
+    COG_5B_SIZE,
+    COG_COMMON,
+    WAN_1_3B_SIZE,
+    WAN_14B_SIZE,
+    WAN_COMMON,
+)
 
 # -- the architectures ------------------------------------------------------------------------
-WAN_COMMON = dict(
-    patch_size=(1, 2, 2),
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
-WAN_14B = dict(WAN_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40)
-WAN_1_3B = dict(WAN_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30)
+WAN_14B = dict(WAN_COMMON, **WAN_14B_SIZE)
+WAN_1_3B = dict(WAN_COMMON, **WAN_1_3B_SIZE)
 WAN_TINY_S = dict(
     WAN_COMMON,
     attention_head_dim=16,
@@ -65,21 +61,8 @@ WAN_TINY_S = dict(
 )
 WAN_TINY_R = dict(WAN_TINY_S, num_attention_heads=2, ffn_dim=64, num_layers=2)
 
-COG_COMMON = dict(
-    attention_head_dim=64,
-    in_channels=16,
-    out_channels=16,
-    time_embed_dim=512,
-    text_embed_dim=4096,
-    sample_width=90,
-    sample_height=60,
-    sample_frames=49,
-    patch_size=2,
-    temporal_compression_ratio=4,
-    max_text_seq_length=226,
-)
-COG_5B = dict(COG_COMMON, num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
-COG_2B = dict(COG_COMMON, num_attention_heads=30, num_layers=30, use_rotary_positional_embeddings=False)
+COG_5B = dict(COG_COMMON, **COG_5B_SIZE)
+COG_2B = dict(COG_COMMON, **COG_2B_SIZE)
 COG_TINY_S = dict(
     COG_COMMON,
     attention_head_dim=16,
@@ -273,6 +256,24 @@ def bench_wan(shapes: Shapes, device: torch.device, dtype: torch.dtype, results:
     return {"step_times": step_times, **e2e}
 
 
+def timed_against_prediction(pipe, call, label, n, k, step_times, device, results) -> dict[str, Any]:
+    """Time one SRD call of an enabled pipeline against k T_s + (N - k) T_r, then disable SRD."""
+    seconds = Timer(device)(call)
+    trace = srd.last_trace(pipe)
+    srd.disable(pipe)
+    predicted = k * step_times["sketch"] + (n - k) * step_times["render"]
+    results.add(
+        table="end-to-end SRD through the real pipeline vs prediction",
+        pipeline=label,
+        steps=n,
+        switch_step=trace.switch_step,
+        seconds=seconds,
+        predicted=predicted,
+        error=seconds / predicted - 1,
+    )
+    return {"e2e_seconds": seconds, "e2e_predicted": predicted, "e2e_roles": trace.roles}
+
+
 def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -> dict[str, Any]:
     """The real WanPipeline loop (no text encoder or VAE: embeddings in, latents out) with SRD at a fixed switch."""
     from diffusers import UniPCMultistepScheduler, WanPipeline
@@ -302,20 +303,7 @@ def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -
             generator=torch.Generator(device).manual_seed(0),
         )
 
-    seconds = Timer(device)(call)
-    trace = srd.last_trace(pipe)
-    srd.disable(pipe)
-    predicted = k * step_times["sketch"] + (n - k) * step_times["render"]
-    results.add(
-        table="end-to-end SRD through the real pipeline vs prediction",
-        pipeline="WanPipeline",
-        steps=n,
-        switch_step=trace.switch_step,
-        seconds=seconds,
-        predicted=predicted,
-        error=seconds / predicted - 1,
-    )
-    return {"e2e_seconds": seconds, "e2e_predicted": predicted, "e2e_roles": trace.roles}
+    return timed_against_prediction(pipe, call, "WanPipeline", n, k, step_times, device, results)
 
 
 # -- accelerators on one model -------------------------------------------------------------------
@@ -529,20 +517,7 @@ def cog_end_to_end(shapes, device, dtype, models, step_times, results) -> dict[s
             generator=torch.Generator(device).manual_seed(0),
         )
 
-    seconds = Timer(device)(call)
-    trace = srd.last_trace(pipe)
-    srd.disable(pipe)
-    predicted = k * step_times["sketch"] + (n - k) * step_times["render"]
-    results.add(
-        table="end-to-end SRD through the real pipeline vs prediction",
-        pipeline="CogVideoXPipeline (aligned)",
-        steps=n,
-        switch_step=trace.switch_step,
-        seconds=seconds,
-        predicted=predicted,
-        error=seconds / predicted - 1,
-    )
-    return {"cog_e2e_seconds": seconds, "cog_e2e_predicted": predicted, "cog_e2e_roles": trace.roles}
+    return timed_against_prediction(pipe, call, "CogVideoXPipeline (aligned)", n, k, step_times, device, results)
 
 
 # -- report ------------------------------------------------------------------------------------

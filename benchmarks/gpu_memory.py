@@ -37,22 +37,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import srd_plugin as srd  # noqa: E402
+from benchmarks.shapes import WAN_1_3B_SIZE, WAN_14B_SIZE, WAN_COMMON  # noqa: E402
 from srd_plugin.testing import make_scheduler, tiny_wan_vae  # noqa: E402
 
-#: shared by both Wan2.1 T2V transformers (the diffusers configs of the hub checkpoints)
-WAN_COMMON = dict(
-    patch_size=(1, 2, 2),
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
-WAN_14B = dict(num_layers=40, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824)
-WAN_1_3B = dict(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960)
+WAN_14B = WAN_14B_SIZE
+WAN_1_3B = WAN_1_3B_SIZE
 
 MEMORY_BAR = 0.35
 SWITCH_BAR = 1.10

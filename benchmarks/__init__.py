@@ -1,0 +1,1 @@
+"""Benchmark scripts (run them as files: `python benchmarks/cpu.py`); `shapes` holds what they share."""
