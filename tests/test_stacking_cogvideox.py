@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel, FirstBlockCacheConfig
+from teacache_reference import reference_decisions
 
 import srd_plugin as srd
 from srd_plugin import TeaCacheConfig
@@ -24,7 +25,6 @@ from srd_plugin.hooks.sageattention import AttentionKernel, sage_attention_stats
 from srd_plugin.hooks.teacache import (
     KNOWN_MODELS,
     MODULATION_HOOK,
-    rescale,
     srd_teacache_stats,
 )
 from srd_plugin.testing import (
@@ -109,22 +109,6 @@ def record_embeddings(model):
     return seen, handles
 
 
-def official_decisions(embeddings, coefficients, threshold):
-    """TeaCache4CogVideoX's rule on one context's embeddings: first call computed, then accumulate."""
-    decisions, accumulated, previous = [], 0.0, None
-    for current in embeddings:
-        compute = previous is None
-        if not compute:
-            rel = ((current - previous).abs().mean() / previous.abs().mean()).item()
-            accumulated += rescale(coefficients, rel)
-            compute = accumulated >= threshold
-        if compute:
-            accumulated = 0.0
-        decisions.append(compute)
-        previous = current
-    return decisions
-
-
 def computed(stats):
     return [flag for *_, flag in stats.decisions]
 
@@ -160,8 +144,8 @@ def test_teacache_decides_per_role_on_the_aligned_float_timestep(cog_pipe, rende
     timesteps = torch.cat(render_seen["timestep"])
     assert timesteps.is_floating_point() and not torch.equal(timesteps, timesteps.round())
     assert {name for name, *_ in sketch.decisions + render.decisions} == {"cond_uncond"}
-    assert computed(sketch) == official_decisions(sketch_seen["emb"], IDENTITY, 1.0)
-    assert computed(render) == official_decisions(render_seen["emb"], (2.0, 0.0), 1.5)
+    assert computed(sketch) == reference_decisions(sketch_seen["emb"], IDENTITY, 1.0)
+    assert computed(render) == reference_decisions(render_seen["emb"], (2.0, 0.0), 1.5)
     assert computed(render)[0]  # fresh at the switch
     assert sketch.skipped_calls > 0 and render.skipped_calls > 0  # the thresholds do skip here
     assert (sketch.num_blocks, render.num_blocks) == (2, 1)
