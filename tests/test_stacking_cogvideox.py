@@ -263,8 +263,17 @@ def test_sage_and_teacache_together_then_disable_restores_the_pipeline(cog_pipe,
     teacache_only = generate(cog_pipe)
     srd.enable(cog_pipe, renderer_2b, teacache=teacache, sage_attention=True, **ALIGNED)
     assert torch.equal(generate(cog_pipe), teacache_only)  # the stand-in is SDPA: stacking changes nothing else
-    assert srd_teacache_stats(cog_pipe)["render"].skipped_calls > 0
-    assert 0 < sage_attention_stats(renderer_2b)["sage"] < STEPS - SWITCH  # skipped calls run no attention
+    sketch, render = srd_teacache_stats(cog_pipe)["sketch"], srd_teacache_stats(cog_pipe)["render"]
+    assert render.skipped_calls > 0
+    sage_calls = sage_attention_stats(cog_pipe.transformer)["sage"], sage_attention_stats(renderer_2b)["sage"]
+    assert sage_calls == (2 * sketch.computed_calls, render.computed_calls)  # skipped calls run no attention
+    assert [e for e in srd.last_trace(cog_pipe).events if not e.startswith("cogvideox")] == [  # the trace says so
+        f"sage attention: sketcher {sage_calls[0]} of {sage_calls[0]} attention calls on stand-in; "
+        f"renderer {sage_calls[1]} of {sage_calls[1]} attention calls on stand-in",
+        f"teacache: sketcher (threshold 1) computed {sketch.computed_calls} of {SWITCH} calls, "
+        f"{sketch.skipped_blocks} blocks skipped; renderer (threshold 1) computed {render.computed_calls} of "
+        f"{STEPS - SWITCH} calls, {render.skipped_blocks} blocks skipped",
+    ]
     srd.disable(cog_pipe)
     assert is_clean(cog_pipe.transformer) and is_clean(renderer_2b)
     assert torch.equal(generate(cog_pipe), never_enabled)
