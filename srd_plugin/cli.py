@@ -13,6 +13,7 @@ end the command with one line on stderr and a non-zero status, never a traceback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -90,6 +91,52 @@ def config_from_args(args: argparse.Namespace) -> SRDConfig:
     return config.replace(**overrides)
 
 
+#: `--teacache` given without a value: each model's recommended threshold (not a string: argparse
+#: would pass a string through `type=float`)
+RECOMMENDED = object()
+
+
+def add_accelerator_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("accelerators, on both models (docs/accelerators.md)")
+    group.add_argument(
+        "--teacache",
+        nargs="?",
+        const=RECOMMENDED,
+        type=float,
+        metavar="THRESHOLD",
+        help="TeaCache with this threshold (no value: each model's recommended one, e.g. Wan 14B 0.2, 1.3B 0.08, "
+        "CogVideoX 0.1)",
+    )
+    group.add_argument(
+        "--sage",
+        action="store_true",
+        help="SageAttention where it can run (CUDA, sageattention installed, head dim 64/96/128), SDPA elsewhere "
+        "with a warning why; `srd doctor` says which applies here",
+    )
+
+
+def accelerators_from_args(config: SRDConfig, args: argparse.Namespace) -> SRDConfig:
+    """`--teacache` / `--sage` over the config.
+
+    `--teacache [T]` puts TeaCache on both models: `teacache` with threshold T (None: each
+    model's recommended one) and the file's other `[srd.teacache]` keys, and no separate
+    `teacache_renderer`, so the renderer follows with its own coefficients and state.
+    """
+    from .hooks.teacache import TeaCacheConfig
+
+    overrides: dict[str, Any] = {}
+    if args.teacache is not None:
+        threshold = None if args.teacache is RECOMMENDED else args.teacache
+        try:
+            teacache = dataclasses.replace(config.teacache or TeaCacheConfig(), threshold=threshold)
+        except ValueError as error:
+            raise UserError(f"--teacache {args.teacache}: {error}") from error
+        overrides.update(teacache=teacache, teacache_renderer=None)
+    if args.sage:
+        overrides["sage_attention"] = True
+    return config.replace(**overrides)
+
+
 def check_switch_step(config: SRDConfig, steps: int | None) -> None:
     """A fixed switch step beyond the step count, refused before any model is loaded or run."""
     if config.switch == "step" and steps is not None and config.switch_step > steps:
@@ -133,7 +180,7 @@ def _generate(args: argparse.Namespace) -> int:
         device=args.device,
         fps=args.fps,
     )
-    config = config_from_args(args)
+    config = accelerators_from_args(config_from_args(args), args)
     check_switch_step(config, args.steps)
     result = run_generate(options, config, log)
     print(result.table)
@@ -205,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--fps", type=int, default=16, help="frames per second of the mp4 (default: 16)")
     generate.add_argument("--out", default="srd.mp4", help="video path; NAME.trace.json and NAME.report.png beside it")
     add_policy_arguments(generate)
+    add_accelerator_arguments(generate)
     generate.set_defaults(func=_generate)
 
     report = commands.add_parser("report", help="print the table and redraw the picture of a saved trace")

@@ -67,7 +67,27 @@ def environment() -> list[Finding]:
     findings.append(
         _optional("sageattention", "sageattention", "sageattention", "optional: 8-bit attention kernels on CUDA")
     )
+    findings.append(_sage_option(torch))
     return findings
+
+
+def _sage_option(torch: Any) -> Finding:
+    """What `srd generate --sage` (SRDConfig.sage_attention) would do on this machine."""
+    from .hooks.sageattention import SAGE_HEAD_DIMS, sageattention_kernel
+
+    reasons = []
+    if sageattention_kernel() is None:
+        reasons.append("sageattention cannot be imported")
+    if not torch.cuda.is_available():
+        reasons.append("no CUDA device")
+    if reasons:
+        return Finding("generate --sage", f"would fall back to SDPA everywhere: {', '.join(reasons)}")
+    dims = "/".join(map(str, SAGE_HEAD_DIMS))
+    return Finding(
+        "generate --sage",
+        f"SageAttention for fp16/bf16 attention on CUDA with head dim {dims} (Wan, CogVideoX); SDPA elsewhere, "
+        "with a warning why",
+    )
 
 
 def _diffusers() -> Finding:

@@ -11,7 +11,9 @@ import contextlib
 import inspect
 import os
 import re
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +146,22 @@ def announced(log: Callable[[str], None], what: str) -> Iterator[None]:
     log(f"  done in {time.perf_counter() - start:.1f} s")
 
 
+@contextlib.contextmanager
+def warnings_logged(log: Callable[[str], None]) -> Iterator[None]:
+    """Python warnings (SageAttention falling back to SDPA, an unfitted TeaCache polynomial, ...) as
+    one `warning:` line each, instead of two lines with a source path; a progress bar on the
+    terminal is cleared for the line and redrawn after it, so the two do not run together."""
+    from tqdm import tqdm
+
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        with tqdm.external_write_mode(file=sys.stderr):
+            log(f"warning: {message}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def load_pipeline(model: str, dtype: torch.dtype, device: str, log: Callable[[str], None]) -> Any:
     from diffusers import DiffusionPipeline
 
@@ -167,12 +185,13 @@ def run_generate(options: GenerateOptions, config: SRDConfig, log: Callable[[str
     device = resolve_device(options.device)
     pipe = load_pipeline(options.model, resolve_dtype(options.dtype, device), device, log)
     kwargs = call_arguments(pipe, options)
-    with announced(log, f"loading the renderer {options.renderer} and enabling SRD (policy {config.switch})"):
-        enable(pipe, options.renderer, config)
-    log(f"generating: {options.prompt!r}")
-    start = time.perf_counter()
-    frames = pipe(**kwargs).frames[0]
-    seconds = time.perf_counter() - start
+    with warnings_logged(log):
+        with announced(log, f"loading the renderer {options.renderer} and enabling SRD (policy {config.switch})"):
+            enable(pipe, options.renderer, config)
+        log(f"generating: {options.prompt!r}")
+        start = time.perf_counter()
+        frames = pipe(**kwargs).frames[0]
+        seconds = time.perf_counter() - start
     trace = last_trace(pipe)
     video = write_video(frames, options.out, fps=options.fps)
     trace_path, picture_path = companion_paths(options.out)

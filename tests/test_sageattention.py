@@ -7,7 +7,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_cogvideox import cogvideox_call_kwargs, tiny_cogvideox_pipeline
 
 import srd_plugin as srd
 from srd_plugin.hooks import sageattention as sage
@@ -18,7 +17,7 @@ from srd_plugin.hooks.sageattention import (
     remove_sage_attention,
     sage_attention_stats,
 )
-from srd_plugin.testing import tiny_call_kwargs
+from srd_plugin.testing import tiny_call_kwargs, tiny_cogvideox_call_kwargs, tiny_cogvideox_pipeline
 
 STEPS = 4
 
@@ -144,23 +143,23 @@ def test_refused_setups(pipe):
 # -- CogVideoX -------------------------------------------------------------------------------
 def test_cogvideox_route_and_removal():
     pipe = tiny_cogvideox_pipeline()
-    plain, originals = pipe(**cogvideox_call_kwargs(STEPS)).frames, processors(pipe.transformer)
+    plain, originals = pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames, processors(pipe.transformer)
     kernel, calls = spy_kernel()
     apply_sage_attention(pipe.transformer, kernel=kernel)
-    routed = pipe(**cogvideox_call_kwargs(STEPS)).frames
+    routed = pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames
     assert len(calls) == len(pipe.transformer.transformer_blocks) * STEPS  # one batched CFG call per step
     assert torch.equal(routed, plain)
     remove_sage_attention(pipe.transformer)
     assert all(processors(pipe.transformer)[name] is proc for name, proc in originals.items())
-    assert torch.equal(pipe(**cogvideox_call_kwargs(STEPS)).frames, plain)
+    assert torch.equal(pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames, plain)
 
 
 def test_cogvideox_falls_back_on_cpu_tensors():
     pipe = tiny_cogvideox_pipeline()
-    plain = pipe(**cogvideox_call_kwargs(STEPS)).frames
+    plain = pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames
     apply_sage_attention(pipe.transformer, kernel=spy_kernel(device_types=("cuda",))[0])
     with pytest.warns(UserWarning, match="on cpu"):
-        assert torch.equal(pipe(**cogvideox_call_kwargs(STEPS)).frames, plain)
+        assert torch.equal(pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames, plain)
 
 
 # -- under SRD ---------------------------------------------------------------------------------

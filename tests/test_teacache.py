@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 from diffusers import FirstBlockCacheConfig
-from tiny_cogvideox import cogvideox_call_kwargs, tiny_cogvideox_pipeline
+from teacache_reference import reference_decisions
 
 import srd_plugin as srd
 from srd_plugin import TeaCacheConfig
@@ -17,11 +17,15 @@ from srd_plugin.hooks.teacache import (
     has_teacache,
     recognise,
     remove_teacache,
-    rescale,
     srd_teacache_stats,
     teacache_stats,
 )
-from srd_plugin.testing import tiny_call_kwargs, tiny_wan_transformer
+from srd_plugin.testing import (
+    tiny_call_kwargs,
+    tiny_cogvideox_call_kwargs,
+    tiny_cogvideox_pipeline,
+    tiny_wan_transformer,
+)
 
 IDENTITY = (1.0, 0.0)
 STEPS = 10
@@ -52,24 +56,6 @@ def capture_modulation(model, index=0):
 
     handle = model.condition_embedder.register_forward_hook(hook)
     return seen, handle
-
-
-def reference_decisions(modulated, coefficients, threshold, retained=1, steps=None):
-    """The official TeaCache4Wan2.1 rule, written out on the recorded inputs of one context."""
-    decisions, accumulated, previous = [], 0.0, None
-    for step, current in enumerate(modulated):
-        last = steps is not None and step == steps - 1
-        if previous is None or step < retained or last:
-            compute = True
-        else:
-            rel = ((current - previous).abs().mean() / previous.abs().mean()).item()
-            accumulated += rescale(coefficients, rel)
-            compute = accumulated >= threshold
-        if compute:
-            accumulated = 0.0
-        decisions.append(compute)
-        previous = current
-    return decisions
 
 
 def is_clean(model):
@@ -248,20 +234,20 @@ def test_unsupported_models_and_existing_caches_are_refused(pipe):
 def test_cogvideox_pipeline_standalone():
     pipe = tiny_cogvideox_pipeline()
     model = pipe.transformer
-    plain = pipe(**cogvideox_call_kwargs(STEPS)).frames
+    plain = pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames
     settings = apply_teacache(model, TeaCacheConfig(threshold=0.0, coefficients=IDENTITY))
     assert settings.modulation == "emb" and settings.family == "cogvideox"
-    assert torch.equal(pipe(**cogvideox_call_kwargs(STEPS)).frames, plain)
+    assert torch.equal(pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames, plain)
     remove_teacache(model)
 
     apply_teacache(model, TeaCacheConfig(threshold=0.5, coefficients=IDENTITY))
-    cached = pipe(**cogvideox_call_kwargs(STEPS)).frames
+    cached = pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames
     decisions = teacache_stats(model).decisions
     assert {name for name, *_ in decisions} == {"cond_uncond"} and len(decisions) == STEPS
     assert 0 < teacache_stats(model).skipped_calls < STEPS and not torch.equal(cached, plain)
-    assert torch.equal(pipe(**cogvideox_call_kwargs(STEPS)).frames, cached)  # the pipeline resets it per call
+    assert torch.equal(pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames, cached)  # the pipeline resets it per call
     remove_teacache(model)
-    assert torch.equal(pipe(**cogvideox_call_kwargs(STEPS)).frames, plain)
+    assert torch.equal(pipe(**tiny_cogvideox_call_kwargs(STEPS)).frames, plain)
 
 
 # -- under SRD -----------------------------------------------------------------------------

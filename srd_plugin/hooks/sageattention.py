@@ -38,7 +38,7 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from ..hookspecs import hookimpl
-from ..switching import RENDER
+from ..switching import RENDER, SKETCH
 
 SAGE_HEAD_DIMS = (64, 96, 128)
 
@@ -347,13 +347,19 @@ def remove_sage_attention(transformer: torch.nn.Module) -> None:
             module.set_processor(processor.original)
 
 
-def sage_attention_stats(transformer: torch.nn.Module) -> Counter:
-    """How many attention calls took each route ("sage", "fallback") since `apply_sage_attention`."""
+def sage_route(transformer: torch.nn.Module) -> SageRoute | None:
+    """The route `apply_sage_attention` put on this transformer (None without SageAttention)."""
     for module in transformer.modules():
         processor = getattr(module, "processor", None)
         if isinstance(processor, _SAGE_PROCESSORS):
-            return Counter(processor.route.counts)
-    return Counter()
+            return processor.route
+    return None
+
+
+def sage_attention_stats(transformer: torch.nn.Module) -> Counter:
+    """How many attention calls took each route ("sage", "fallback") since `apply_sage_attention`."""
+    route = sage_route(transformer)
+    return Counter(route.counts) if route is not None else Counter()
 
 
 # -- the SRD plugin: SageAttention on both roles, from SRDConfig.sage_attention ----------------
@@ -403,3 +409,30 @@ def srd_prepare_model(session: Any, role: str, model: torch.nn.Module) -> None:
 def srd_restore_model(session: Any, role: str, model: torch.nn.Module) -> None:
     if session.plugin_state.get(PLUGIN_STATE_KEY, {}).pop(role, None) is not None:
         remove_sage_attention(model)
+
+
+@hookimpl
+def srd_run_start(session: Any, run: Any) -> None:
+    """Note the counts so far: the routes count since they were applied, the trace reports one call."""
+    applied = session.plugin_state.get(PLUGIN_STATE_KEY, {})
+    run.plugin_state[PLUGIN_STATE_KEY] = {role: sage_attention_stats(model) for role, model in applied.items()}
+
+
+@hookimpl
+def srd_run_end(session: Any, run: Any) -> None:
+    """Say in the trace how many attention calls of this call ran SageAttention, per role, and why not."""
+    before = run.plugin_state.get(PLUGIN_STATE_KEY, {})
+    parts = []
+    for role, model in session.plugin_state.get(PLUGIN_STATE_KEY, {}).items():
+        route = sage_route(model)
+        if route is None or role not in before:
+            continue
+        counts = route.counts - before[role]
+        name = "sketcher" if role == SKETCH else "renderer"
+        kernel = route.kernel.name if route.kernel is not None else "sageattention"
+        part = f"{name} {counts['sage']} of {counts['sage'] + counts['fallback']} attention calls on {kernel}"
+        if counts["fallback"]:
+            part += f" (SDPA otherwise: {' / '.join(sorted(route.warned))})"
+        parts.append(part)
+    if parts:
+        run.trace.events.append("sage attention: " + "; ".join(parts))

@@ -238,7 +238,7 @@ def resolve_teacache(transformer: torch.nn.Module, config: TeaCacheConfig | None
         raise ValueError(
             f"TeaCacheConfig.threshold=None means the recommended threshold of a recognised model, and this "
             f"{type(transformer).__name__} ({_describe(transformer)}) is none of {', '.join(KNOWN_MODELS)}; "
-            "set TeaCacheConfig(threshold=...) explicitly"
+            "set TeaCacheConfig(threshold=...) explicitly (srd generate: --teacache THRESHOLD)"
         )
     if family == WAN:
         modulation = "timestep_proj" if config.use_ret_steps else "temb"
@@ -592,6 +592,24 @@ def srd_run_start(session: Any, run: Any) -> None:
 def srd_switch(session: Any, run: Any, step_index: int) -> None:
     """The renderer's first step is always computed: nothing of an earlier phase is reused."""
     reset_teacache(session.renderer, stats=False)
+
+
+@hookimpl
+def srd_run_end(session: Any, run: Any) -> None:
+    """Say in the trace what TeaCache did this call, per role, so a saved trace shows it was active."""
+    applied = session.plugin_state.get(PLUGIN_STATE_KEY, {})
+    parts = []
+    for role, model in applied.items():
+        hook, stats = _modulation_hook(model), teacache_stats(model)
+        if hook is None or stats is None:
+            continue
+        name = "sketcher" if role == SKETCH else "renderer"
+        parts.append(
+            f"{name} (threshold {hook.settings.threshold:g}) computed {stats.computed_calls} of "
+            f"{len(stats.decisions)} calls, {stats.skipped_blocks} blocks skipped"
+        )
+    if parts:
+        run.trace.events.append("teacache: " + "; ".join(parts))
 
 
 def srd_teacache_stats(pipe: Any) -> dict[str, TeaCacheStats]:
