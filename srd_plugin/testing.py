@@ -56,25 +56,29 @@ def tiny_tokenizer(words: tuple[str, ...] = tuple(VOCABULARY)) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
+def _tiny_encoder_settings(vocab_size: int, d_model: int) -> dict[str, Any]:
+    """The one-layer encoder shape both text encoders share (UMT5 for Wan, T5 for CogVideoX)."""
+    return {
+        "vocab_size": vocab_size,
+        "d_model": d_model,
+        "d_kv": 8,
+        "d_ff": 2 * d_model,
+        "num_layers": 1,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 16,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+
+
 def tiny_text_encoder(vocab_size: int, d_model: int = TEXT_DIM, seed: int = 0) -> Any:
     """A one-layer random UMT5 encoder whose output width is the transformer's `text_dim`."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    config = UMT5Config(
-        vocab_size=vocab_size,
-        d_model=d_model,
-        d_kv=8,
-        d_ff=2 * d_model,
-        num_layers=1,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return UMT5EncoderModel(config).eval()
+    return UMT5EncoderModel(UMT5Config(**_tiny_encoder_settings(vocab_size, d_model))).eval()
 
 
 def tiny_wan_vae(z_dim: int = LATENT_CHANNELS, seed: int = 0) -> Any:
@@ -232,20 +236,7 @@ def tiny_t5_encoder(vocab_size: int, d_model: int = TEXT_DIM, seed: int = 0) -> 
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=d_model,
-        d_kv=8,
-        d_ff=2 * d_model,
-        num_layers=1,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return T5EncoderModel(config).eval()
+    return T5EncoderModel(T5Config(**_tiny_encoder_settings(vocab_size, d_model))).eval()
 
 
 def tiny_cogvideox_vae(scaling_factor: float = COGVIDEOX_5B_SCALING_FACTOR, seed: int = 0) -> Any:
