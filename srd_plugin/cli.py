@@ -147,17 +147,23 @@ def check_switch_step(config: SRDConfig, steps: int | None) -> None:
 
 
 # -- sub-commands -----------------------------------------------------------------------------
+def _finish(table: str, wrote: str, picture_problem: str | None) -> int:
+    """The end of `demo` and `generate`: the table, what was written, and why a picture is missing."""
+    print(table)
+    print(f"\n{wrote}")
+    if picture_problem:
+        log(f"no report picture: {picture_problem}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     config = config_from_args(args)
     check_switch_step(config, args.steps)
     result = run_demo(args.out, args.prompt, args.steps, args.seed, config, log, args.rounds)
-    print(result.table)
-    print(f"\nwrote to {result.out}/: {', '.join(path.name for path in result.files)}")
-    if result.picture_problem:
-        log(f"no report picture: {result.picture_problem}")
-    return 0
+    wrote = f"wrote to {result.out}/: {', '.join(path.name for path in result.files)}"
+    return _finish(result.table, wrote, result.picture_problem)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -183,11 +189,7 @@ def _generate(args: argparse.Namespace) -> int:
     config = accelerators_from_args(config_from_args(args), args)
     check_switch_step(config, args.steps)
     result = run_generate(options, config, log)
-    print(result.table)
-    print(f"\nwrote {', '.join(map(str, result.files))}")
-    if result.picture_problem:
-        log(f"no report picture: {result.picture_problem}")
-    return 0
+    return _finish(result.table, f"wrote {', '.join(map(str, result.files))}", result.picture_problem)
 
 
 def _report(args: argparse.Namespace) -> int:
