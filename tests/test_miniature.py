@@ -218,7 +218,10 @@ def test_quick_quality_benchmark_runs(tmp_path):
     methods = [row["method"] for row in report["rows"]]
     assert methods[:3] == ["sketcher only", "renderer only", "SRD adaptive"]
     assert methods[-1].startswith("step reduction")
+    assert "sketcher only (pass 2)" in methods and any(m.startswith("TeaCache (threshold") for m in methods)
     rows = {row["method"]: row for row in report["rows"]}
     assert rows["sketcher only"]["sketch_steps"] == 6 and rows["renderer only"]["sketch_steps"] == 0
     assert all(row["clips"] == 2 for row in report["rows"])
+    teacache = next(row for row in report["rows"] if row["method"].startswith("TeaCache"))
+    assert teacache["sketch_steps"] == 6 and teacache["denoise_speedup"] > 0
     assert (tmp_path / "q.png").stat().st_size > 0
