@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import srd_plugin as srd  # noqa: E402
+from benchmarks.shapes import cpu_name  # noqa: E402
 from srd_plugin.hooks.teacache import IDENTITY  # noqa: E402
 from srd_plugin.miniature import dataset, evaluate  # noqa: E402
 from srd_plugin.miniature.models import DEFAULT_STEPS, load_miniature_pipeline, miniature_call_kwargs  # noqa: E402
@@ -85,16 +85,6 @@ class Result:
             "seconds": statistics.mean(self.seconds),
             "denoise_seconds": statistics.mean(self.denoise_seconds),
         }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def first_pass_methods(steps: int, fixed: list[int], adaptive: dict[str, Any]) -> list[Method]:
