@@ -88,6 +88,32 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)  # atomic: an interrupted save never corrupts the checkpoint
 
 
+def _resume(checkpoint: Path, **states: Any) -> int:
+    """Load each named state (a module or an optimizer) from `checkpoint` if it exists; the step to go on from."""
+    if not checkpoint.exists():
+        return 0
+    saved = torch.load(checkpoint)
+    for name, target in states.items():
+        target.load_state_dict(saved[name])
+    return saved["step"]
+
+
+def _checkpoint(checkpoint: Path, step: int, **states: Any) -> None:
+    """Save each named state and the number of finished steps, atomically."""
+    _save(checkpoint, {**{name: target.state_dict() for name, target in states.items()}, "step": step})
+
+
+def _reconstruction_loss(recipe: Recipe, masks: torch.Tensor, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """MSE + 0.5 L1, the object's pixels (and one pixel around them) weighted `vae_object_weight` more.
+
+    The object covers ~5% of the pixels: without the weight it is averaged away.
+    """
+    mask = torch.nn.functional.max_pool3d(masks[:, None].float(), (1, 3, 3), stride=1, padding=(0, 1, 1))
+    weight = 1.0 + recipe.vae_object_weight * mask
+    error = decoded - x
+    return (weight * (error**2 + 0.5 * error.abs())).mean()
+
+
 def _log(work: Path, message: str) -> None:
     with (work / "train.log").open("a") as handle:
         handle.write(f"{time.strftime('%H:%M:%S')} cpu {time.process_time():.0f}s {message}\n")
@@ -126,12 +152,7 @@ def stage_vae(work: Path, recipe: Recipe, bank: dict[str, Any]) -> Any:
     vae = build_vae(seed=recipe.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     checkpoint = work / "vae.pt"
-    start = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = _resume(checkpoint, model=vae, optimizer=optimizer)
     clips = bank["clips"]
     vae.train()
     progress = tqdm(range(start, recipe.vae_steps), desc="vae", initial=start, total=recipe.vae_steps)
@@ -139,26 +160,20 @@ def stage_vae(work: Path, recipe: Recipe, bank: dict[str, Any]) -> Any:
         generator = _generator(recipe, 2, step)
         index = torch.randint(len(clips), (recipe.vae_batch,), generator=generator)
         x = clips[index].float()
-        # the object covers ~5% of the pixels: weight it (and a pixel around it) so it is not averaged away
-        mask = torch.nn.functional.max_pool3d(
-            bank["masks"][index, None].float(), (1, 3, 3), stride=1, padding=(0, 1, 1)
-        )
-        weight = 1.0 + recipe.vae_object_weight * mask
         for group in optimizer.param_groups:
             group["lr"] = recipe.vae_lr * min(1.0, (step + 1) / 50)
         posterior = vae.encode(x).latent_dist
         # decode the posterior mean: with a few hundred steps there is no time to wait for the encoder
         # to shrink its initial unit variance, and the latents used later are the means anyway
         y = vae.decode(posterior.mean).sample
-        error = y - x
-        mse = (error**2).mean()
-        loss = (weight * (error**2 + 0.5 * error.abs())).mean() + recipe.vae_kl_weight * posterior.kl().mean()
+        mse = ((y - x) ** 2).mean()
+        loss = _reconstruction_loss(recipe, bank["masks"][index], y, x) + recipe.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         progress.set_postfix(mse=f"{mse.item():.4f}")
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.vae_steps:
-            _save(checkpoint, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
+            _checkpoint(checkpoint, step + 1, model=vae, optimizer=optimizer)
             _log(work, f"vae step {step + 1} mse {mse.item():.5f}")
     vae.eval()
     vae.save_pretrained(final)
@@ -207,12 +222,7 @@ def stage_decoder(work: Path, recipe: Recipe, bank: dict[str, Any], vae: Any, da
     parameters = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=recipe.vae_lr, weight_decay=0.0)
     checkpoint = work / "decoder.pt"
-    start = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = _resume(checkpoint, model=vae, optimizer=optimizer)
     shape = (1, -1, 1, 1, 1)
     raw = data["latents"] * torch.tensor(data["latents_std"]).view(shape) + torch.tensor(data["latents_mean"]).view(
         shape
@@ -223,19 +233,16 @@ def stage_decoder(work: Path, recipe: Recipe, bank: dict[str, Any], vae: Any, da
         generator = _generator(recipe, 3, step)
         index = torch.randint(len(raw), (recipe.vae_batch,), generator=generator)
         x = bank["clips"][index].float()
-        mask = torch.nn.functional.max_pool3d(
-            bank["masks"][index, None].float(), (1, 3, 3), stride=1, padding=(0, 1, 1)
-        )
-        weight = 1.0 + recipe.vae_object_weight * mask
-        error = vae.decode(raw[index]).sample - x
-        loss = (weight * (error**2 + 0.5 * error.abs())).mean()
+        y = vae.decode(raw[index]).sample
+        loss = _reconstruction_loss(recipe, bank["masks"][index], y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.set_postfix(mse=f"{(error**2).mean().item():.4f}")
+        mse = ((y - x) ** 2).mean()
+        progress.set_postfix(mse=f"{mse.item():.4f}")
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.decoder_steps:
-            _save(checkpoint, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
-            _log(work, f"decoder step {step + 1} mse {(error**2).mean().item():.5f}")
+            _checkpoint(checkpoint, step + 1, model=vae, optimizer=optimizer)
+            _log(work, f"decoder step {step + 1} mse {mse.item():.5f}")
     vae.eval()
     vae.save_pretrained(final)
     return vae
@@ -279,13 +286,7 @@ def stage_flow(
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     checkpoint = work / f"{role}.pt"
-    start = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = _resume(checkpoint, model=model, ema=ema, optimizer=optimizer)
     latents, labels = data["latents"], data["labels"]
     model.train()
     progress = tqdm(range(start, steps), desc=role, initial=start, total=steps)
@@ -316,15 +317,7 @@ def stage_flow(
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         progress.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == steps:
-            _save(
-                checkpoint,
-                {
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step + 1,
-                },
-            )
+            _checkpoint(checkpoint, step + 1, model=model, ema=ema, optimizer=optimizer)
             _log(work, f"{role} step {step + 1} loss {running:.5f}")
     ema.save_pretrained(final)
     return ema
