@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..testing import TEXT_DIM, WanSize, tiny_text_encoder, tiny_tokenizer
+from ..testing import TEXT_DIM, WanSize, tiny_text_encoder, tiny_tokenizer, tiny_wan_transformer
 from .dataset import HEIGHT, NUM_FRAMES, WIDTH
 
 LATENT_CHANNELS = 8
@@ -59,23 +59,11 @@ def build_vae(seed: int = 0) -> Any:
 
 
 def build_transformer(size: WanSize, seed: int = 0) -> Any:
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=size.num_attention_heads,
-        attention_head_dim=size.attention_head_dim,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        text_dim=TEXT_DIM,
-        freq_dim=64,
-        ffn_dim=size.ffn_dim,
-        num_layers=size.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
+    """A freshly initialised miniature transformer, in training mode: the test kit's Wan block layout
+    on the miniature's 8 latent channels, with a 64-wide timestep embedding."""
+    return tiny_wan_transformer(
+        size, seed=seed, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, freq_dim=64
+    ).train()
 
 
 def make_scheduler() -> Any:
