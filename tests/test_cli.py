@@ -24,15 +24,6 @@ from srd_plugin.video import read_video
 TINY_GENERATE = ["--height", "32", "--width", "32", "--frames", "9", "--max-sequence-length", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def one_error_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, text

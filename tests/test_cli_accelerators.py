@@ -48,14 +48,10 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def quick(monkeypatch):
-    """One torch thread (tiny models) and no picture (see the module docstring)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def no_picture(monkeypatch):
+    """No picture (see the module docstring); the suite's thread count comes from conftest.py."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    yield
-    torch.set_num_threads(previous)
 
 
 def generate(folders, family, tmp_path, *options):

@@ -7,24 +7,12 @@ import io
 import re
 import weakref
 
-import pytest
-import torch
-
 import srd_plugin as srd
 from srd_plugin.hooks.progress import STATE_KEY
 from srd_plugin.runtime import session_of
 from srd_plugin.testing import tiny_call_kwargs, tiny_wan_pipeline
 
 BAR_LINE = re.compile(r"(?:(?P<desc>[^\r\n:|]*): )?\s*\d+%\|[^|]*\| (?P<done>\d+)/(?P<total>\d+)")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def bar_lines(text: str) -> list[tuple[str, int]]:
