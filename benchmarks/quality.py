@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import srd_plugin as srd  # noqa: E402
 from benchmarks.shapes import cpu_name  # noqa: E402
-from srd_plugin.hooks.teacache import IDENTITY  # noqa: E402
+from srd_plugin.hooks.teacache import IDENTITY, teacache_stats  # noqa: E402
 from srd_plugin.miniature import dataset, evaluate  # noqa: E402
 from srd_plugin.miniature.models import DEFAULT_STEPS, load_miniature_pipeline, miniature_call_kwargs  # noqa: E402
 
@@ -67,6 +67,8 @@ class Result:
     seconds: list[float] = field(default_factory=list)
     denoise_seconds: list[float] = field(default_factory=list)
     sketch_steps: list[int] = field(default_factory=list)
+    #: with TeaCache: (sketcher calls computed, sketcher calls made) per clip
+    teacache_calls: list[tuple[int, int]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         summary = evaluate.summarise(self.scores)
@@ -84,7 +86,13 @@ class Result:
             "background_noise": summary.background_noise,
             "seconds": statistics.mean(self.seconds),
             "denoise_seconds": statistics.mean(self.denoise_seconds),
+            "teacache_computed_calls": _mean_or_none([computed for computed, _ in self.teacache_calls]),
+            "teacache_calls": _mean_or_none([calls for _, calls in self.teacache_calls]),
         }
+
+
+def _mean_or_none(values: list[int]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def first_pass_methods(steps: int, fixed: list[int], adaptive: dict[str, Any]) -> list[Method]:
@@ -105,6 +113,9 @@ def generate(pipe: Any, renderer: Any, method: Method, prompt: dataset.Prompt, s
     trace = srd.last_trace(pipe)
     result.denoise_seconds.append(trace.total_seconds)
     result.sketch_steps.append(len(trace.steps_of("sketch")))
+    stats = teacache_stats(pipe.transformer)
+    if stats is not None:
+        result.teacache_calls.append((stats.computed_calls, len(stats.decisions)))
     result.scores.append(evaluate.score_clip(frames, prompt))
 
 
@@ -206,8 +217,11 @@ def table(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
+        steps = f"{row['sketch_steps']:.1f}/{row['steps']}"
+        if row.get("teacache_calls"):
+            steps += f" ({row['teacache_computed_calls']:.1f} of {row['teacache_calls']:.0f} calls computed)"
         lines.append(
-            f"| {row['method']} | {row['sketch_steps']:.1f}/{row['steps']} | {row['semantic']:.1f} | "
+            f"| {row['method']} | {steps} | {row['semantic']:.1f} | "
             f"{row['colour']:.1f} | {row['shape']:.1f} | {row['direction']:.1f} | {row['detail_db']:.2f} | "
             f"{row['sharpness']:.3f} | {row['background_noise']:.4f} | {row['seconds']:.3f} | "
             f"{row['denoise_seconds']:.3f} | {row['speedup']:.2f}x | {row['denoise_speedup']:.2f}x |"

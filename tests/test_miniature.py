@@ -224,4 +224,7 @@ def test_quick_quality_benchmark_runs(tmp_path):
     assert all(row["clips"] == 2 for row in report["rows"])
     teacache = next(row for row in report["rows"] if row["method"].startswith("TeaCache"))
     assert teacache["sketch_steps"] == 6 and teacache["denoise_speedup"] > 0
+    # TeaCache really ran on the sketcher: one decision per CFG call, the first of each context computed
+    assert teacache["teacache_calls"] == 12 and 2 <= teacache["teacache_computed_calls"] <= 12
+    assert all(row["teacache_calls"] is None for row in report["rows"] if row is not teacache)
     assert (tmp_path / "q.png").stat().st_size > 0
