@@ -6,25 +6,29 @@
 Stages, each checkpointed in the work folder and skipped or resumed when run again:
 
 1. ``clips``: a bank of training clips (training prompts only), drawn from fixed seeds.
-2. ``vae``: a tiny `AutoencoderKLWan` (4x spatial, 4x temporal compression) learns to
+2. ``vae``: a tiny `AutoencoderKLWan` of the Wan2.2 kind (2x2 pixel patches, residual
+   space-to-depth shortcuts; 4x spatial, 2x temporal compression to 16 channels) learns to
    reconstruct them from the posterior mean (MSE + L1, the object's pixels weighted 11x, + a small
-   KL term).
+   KL term); its learning rate decays to 0 over the last ``vae_decay_steps``.
 3. ``latents``: the bank encoded (posterior mean); per-channel mean and std go into the VAE
    config (`latents_mean`, `latents_std`), which is how WanPipeline un-normalises latents.
-   ``decoder``: the decoder alone goes on learning on these frozen latents (the latent space
-   does not move, so this can run beside stage 4).
+   ``decoder``: the decoder alone goes on learning on these frozen latents, with an L1 loss on
+   the spatial gradients added (sharper edges) and a cosine decay of its learning rate over the
+   whole stage (the latent space does not move, so this can run beside stage 4).
 4. ``sketcher`` and ``renderer``: two `WanTransformer3DModel`s learn flow matching on the
    normalised latents (x_t = (1 - s) x0 + s e, target e - x0, s from a shifted uniform that
-   matches the inference schedule, 10% of prompts dropped to the empty prompt for CFG),
+   matches the inference schedule, 10% of prompts dropped to the empty prompt for CFG, the
+   latent pixels under the object weighted 5x),
    conditioned on a frozen random UMT5 encoder through the in-memory tokenizer of
-   `srd_plugin.testing`. Same data, same steps, same recipe; only the size differs. An EMA
-   of the weights is what gets saved.
+   `srd_plugin.testing`. Same data and recipe (learning rate 1e-3); only the size and the
+   step count differ. An EMA of the weights is what gets saved.
 5. ``pipeline``: a `WanPipeline` folder (save_pretrained) plus a ``renderer`` folder.
 
 Every random draw of step k comes from a generator seeded with (seed, stage, k), so a
-resumed run continues exactly where a straight run would be. The learning rates are constant
-after a warm-up, so the step counts of a stage that has not finished may be changed when
-resuming (to stop early or go on); a finished stage (its result folder exists) is reused as is.
+resumed run continues exactly where a straight run would be. The transformers' learning rates
+are constant after a warm-up, so their step counts may be changed when resuming (to stop early
+or go on); the VAE's step count may be changed until its final decay has begun. A finished
+stage (its result folder exists) is reused as is.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -60,25 +65,38 @@ from .models import (
 class Recipe:
     seed: int = 0
     clips_per_prompt: int = 48
-    vae_steps: int = 1200
+    vae_steps: int = 3000
     vae_batch: int = 4
     vae_lr: float = 5e-4
     vae_kl_weight: float = 1e-6
     vae_object_weight: float = 10.0
-    decoder_steps: int = 1500
-    sketcher_steps: int = 1500
-    renderer_steps: int = 1500
+    #: the VAE's learning rate follows a cosine from vae_lr down to 0 over its last this many steps
+    vae_decay_steps: int = 600
+    decoder_steps: int = 600
+    sketcher_steps: int = 6600
+    renderer_steps: int = 15850
     batch: int = 32
-    sketcher_lr: float = 5e-4
+    sketcher_lr: float = 1e-3
     renderer_lr: float = 1e-3
     warmup: int = 100
     ema_decay: float = 0.995
     cfg_dropout: float = 0.1
+    #: the flow loss on latent pixels under the object is weighted this much more (the object is what
+    #: the prompt is about, and covers ~10% of the latent pixels)
+    flow_object_weight: float = 4.0
     checkpoint_every: int = 50
 
 
 def _generator(recipe: Recipe, stage: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(recipe.seed * 1_000_003 + stage * 100_003 + step)
+
+
+def _decay(step: int, steps: int, decay_steps: int) -> float:
+    """1 until the last `decay_steps` of `steps`, then a cosine down to 0 (fine detail needs a small step size)."""
+    start = steps - decay_steps
+    if decay_steps <= 0 or step < start:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - start) / decay_steps))
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -114,6 +132,11 @@ def _reconstruction_loss(recipe: Recipe, masks: torch.Tensor, decoded: torch.Ten
     return (weight * (error**2 + 0.5 * error.abs())).mean()
 
 
+def _edge_loss(decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 distance of the spatial gradients: corners and edges are what tell a square from a circle."""
+    return sum((torch.diff(decoded, dim=axis) - torch.diff(x, dim=axis)).abs().mean() for axis in (3, 4))
+
+
 def _log(work: Path, message: str) -> None:
     with (work / "train.log").open("a") as handle:
         handle.write(f"{time.strftime('%H:%M:%S')} cpu {time.process_time():.0f}s {message}\n")
@@ -143,6 +166,26 @@ def stage_clips(work: Path, recipe: Recipe) -> dict[str, Any]:
 
 
 # -- stage 2: VAE ---------------------------------------------------------------------------
+def decode_unclamped(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """`vae.decode(z).sample` without the final clamp to [-1, 1] (it would zero the gradient of every
+    pixel that overshoots): the same frame-by-frame causal decoding, then the 2x2 unpatchify."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for index in range(z.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(
+            vae.decoder(
+                x[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0
+            )
+        )
+    vae.clear_cache()
+    out = torch.cat(frames, 2)
+    return unpatchify(out, vae.config.patch_size) if vae.config.patch_size else out
+
+
 def stage_vae(work: Path, recipe: Recipe, bank: dict[str, Any]) -> Any:
     final = work / "vae_final"
     if final.exists():
@@ -161,13 +204,19 @@ def stage_vae(work: Path, recipe: Recipe, bank: dict[str, Any]) -> Any:
         index = torch.randint(len(clips), (recipe.vae_batch,), generator=generator)
         x = clips[index].float()
         for group in optimizer.param_groups:
-            group["lr"] = recipe.vae_lr * min(1.0, (step + 1) / 50)
+            group["lr"] = (
+                recipe.vae_lr * min(1.0, (step + 1) / 50) * _decay(step, recipe.vae_steps, recipe.vae_decay_steps)
+            )
         posterior = vae.encode(x).latent_dist
         # decode the posterior mean: with a few hundred steps there is no time to wait for the encoder
         # to shrink its initial unit variance, and the latents used later are the means anyway
-        y = vae.decode(posterior.mean).sample
+        y = decode_unclamped(vae, posterior.mean)
         mse = ((y - x) ** 2).mean()
-        loss = _reconstruction_loss(recipe, bank["masks"][index], y, x) + recipe.vae_kl_weight * posterior.kl().mean()
+        loss = (
+            _reconstruction_loss(recipe, bank["masks"][index], y, x)
+            + _edge_loss(y, x)
+            + recipe.vae_kl_weight * posterior.kl().mean()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -233,8 +282,12 @@ def stage_decoder(work: Path, recipe: Recipe, bank: dict[str, Any], vae: Any, da
         generator = _generator(recipe, 3, step)
         index = torch.randint(len(raw), (recipe.vae_batch,), generator=generator)
         x = bank["clips"][index].float()
-        y = vae.decode(raw[index]).sample
-        loss = _reconstruction_loss(recipe, bank["masks"][index], y, x)
+        for group in optimizer.param_groups:
+            group["lr"] = (
+                recipe.vae_lr * min(1.0, (step + 1) / 50) * _decay(step, recipe.decoder_steps, recipe.decoder_steps)
+            )
+        y = decode_unclamped(vae, raw[index])
+        loss = _reconstruction_loss(recipe, bank["masks"][index], y, x) + _edge_loss(y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -269,8 +322,27 @@ def sample_sigmas(count: int, generator: torch.Generator) -> torch.Tensor:
     return FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
 
 
+def latent_masks(masks: torch.Tensor, temporal: int = 2, spatial: int = 4) -> torch.Tensor:
+    """Pixel coverage (N, F, H, W) -> the latent pixels the object touches (N, 1, F', H', W'), 0 or 1.
+
+    The causal VAE keeps frame 0 alone and folds each following `temporal` frames into one latent
+    frame; a latent pixel covers `spatial` x `spatial` pixels.
+    """
+    masks = masks.float()
+    first, rest = masks[:, :1], masks[:, 1:]
+    rest = rest.reshape(rest.shape[0], -1, temporal, *rest.shape[2:]).amax(dim=2)
+    folded = torch.cat([first, rest], dim=1)
+    return (torch.nn.functional.max_pool2d(folded, spatial) > 0.05).float()[:, None]
+
+
 def stage_flow(
-    work: Path, recipe: Recipe, role: str, data: dict[str, Any], embeddings: torch.Tensor, empty: torch.Tensor
+    work: Path,
+    recipe: Recipe,
+    role: str,
+    data: dict[str, Any],
+    embeddings: torch.Tensor,
+    empty: torch.Tensor,
+    masks: torch.Tensor,
 ) -> Any:
     final = work / f"{role}_final"
     from diffusers import WanTransformer3DModel
@@ -305,7 +377,8 @@ def stage_flow(
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / recipe.warmup)
         prediction = model(xt, sigma * 1000, text, return_dict=False)[0]
-        loss = ((prediction - (noise - x0)) ** 2).mean()
+        weight = 1.0 + recipe.flow_object_weight * masks[index]
+        loss = (weight * (prediction - (noise - x0)) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -364,16 +437,17 @@ def train(work: Path, recipe: Recipe, only: str | None = None) -> Path | None:
     tokenizer = build_tokenizer()
     text_encoder = build_text_encoder(len(tokenizer), seed=recipe.seed)
     embeddings, empty = prompt_embeddings(tokenizer, text_encoder, data["prompts"])
+    masks = latent_masks(bank["masks"])
     if only == "decoder":
         stage_decoder(work, recipe, bank, vae, data)
         _log(work, f"decoder done in this session: {time.perf_counter() - started:.0f} s")
         return None
     if only is not None:
-        stage_flow(work, recipe, only, data, embeddings, empty)
+        stage_flow(work, recipe, only, data, embeddings, empty, masks)
         _log(work, f"{only} done in this session: {time.perf_counter() - started:.0f} s")
         return None
-    sketcher = stage_flow(work, recipe, "sketcher", data, embeddings, empty)
-    renderer = stage_flow(work, recipe, "renderer", data, embeddings, empty)
+    sketcher = stage_flow(work, recipe, "sketcher", data, embeddings, empty, masks)
+    renderer = stage_flow(work, recipe, "renderer", data, embeddings, empty, masks)
     vae = stage_decoder(work, recipe, bank, vae, data)
     out = stage_pipeline(work, vae, data, tokenizer, text_encoder, sketcher, renderer)
     _log(work, f"done in this session: {time.perf_counter() - started:.0f} s")
