@@ -235,7 +235,8 @@ def _toy_masks(count: int = 6) -> torch.Tensor:
 def test_latent_masks_follow_the_object_through_the_vae_layout():
     params = dataset.sample_params(dataset.Prompt("red", "circle", "right"), 3)
     coverage = torch.from_numpy(dataset.coverage(params))[None]
-    masks = recipe_module.latent_masks(coverage)
+    config = build_vae().config
+    masks = recipe_module.latent_masks(coverage, config.scale_factor_temporal, config.scale_factor_spatial)
     assert masks.shape == (1, 1, 5, 8, 8) and set(masks.unique().tolist()) == {0.0, 1.0}
     for latent_frame, pixel_frame in ((0, 0), (4, 8)):  # frame 0 alone; latent frame 4 holds frames 7 and 8
         x, y = params.centres[pixel_frame]

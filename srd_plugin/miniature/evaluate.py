@@ -105,6 +105,15 @@ def _direction_of(centres: np.ndarray) -> str:
     return max(DIRECTIONS, key=lambda name: float(unit @ np.asarray(DIRECTIONS[name])))
 
 
+def _grow(mask: np.ndarray, pixels: int = 2) -> np.ndarray:
+    """`mask` (F, H, W) plus every pixel up to `pixels` away along a row or a column (a margin around the object)."""
+    grown = mask.copy()
+    for axis in (1, 2):
+        for shift in range(1, pixels + 1):
+            grown |= np.roll(mask, shift, axis=axis) | np.roll(mask, -shift, axis=axis)
+    return grown
+
+
 def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur (std `sigma` pixels, zero outside) of images (..., H, W), as two small matrix products."""
     if sigma <= 0:
@@ -154,12 +163,8 @@ def detect(frames: np.ndarray) -> Detection:
     alpha = (frames - background[None]) * contrast
     soft = np.clip(alpha.sum(-1) / np.maximum((contrast**2).sum(-1), 1e-6), 0.0, 1.0)
     alpha = np.where(soft > ALPHA_FLOOR, soft, 0.0)
-    # the soft coverage near the object (two pixels around it): its blurred edge, without background noise
-    near = alpha > 0
-    for axis in (1, 2):
-        for shift in (-2, -1, 1, 2):
-            near = near | np.roll(alpha > 0, shift, axis=axis)
-    soft = np.where(near, soft, 0.0)
+    # the soft coverage near the object: its blurred edge, without background noise
+    soft = np.where(_grow(alpha > 0), soft, 0.0)
     height, width = frames.shape[1:3]
     ys, xs = np.mgrid[0:height, 0:width] + 0.5
     areas = alpha.sum(axis=(1, 2))
@@ -217,10 +222,7 @@ def score_clip(frames: np.ndarray, prompt: Prompt | str) -> ClipScore:
         sharpness = float((_gradient_energy(frames) * edge_weight).sum() / (clean_edges * edge_weight).sum())
     background = np.repeat(background_image(detection.background, *frames.shape[1:3])[None], len(frames), axis=0)
     object_region = np.abs(clean - background).sum(-1) > 1e-3
-    grown = object_region.copy()
-    for axis in (1, 2):  # two pixels of margin around the object
-        for shift in (-2, -1, 1, 2):
-            grown |= np.roll(object_region, shift, axis=axis)
+    grown = _grow(object_region)
     residual = (frames - background)[~grown]
     noise = float(residual.std()) if residual.size else 0.0
     return ClipScore(

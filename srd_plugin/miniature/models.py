@@ -66,7 +66,7 @@ def build_vae(seed: int = 0) -> Any:
 
 def build_transformer(size: WanSize, seed: int = 0) -> Any:
     """A freshly initialised miniature transformer, in training mode: the test kit's Wan block layout
-    on the miniature's 8 latent channels, with a 64-wide timestep embedding."""
+    on the miniature's latent channels, with a 64-wide timestep embedding."""
     return tiny_wan_transformer(
         size, seed=seed, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, freq_dim=64
     ).train()

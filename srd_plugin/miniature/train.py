@@ -82,13 +82,18 @@ class Recipe:
     ema_decay: float = 0.995
     cfg_dropout: float = 0.1
     #: the flow loss on latent pixels under the object is weighted this much more (the object is what
-    #: the prompt is about, and covers ~10% of the latent pixels)
+    #: the prompt is about, and touches ~15% of the latent pixels)
     flow_object_weight: float = 4.0
     checkpoint_every: int = 50
 
 
 def _generator(recipe: Recipe, stage: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(recipe.seed * 1_000_003 + stage * 100_003 + step)
+
+
+def _vae_lr(recipe: Recipe, step: int, steps: int, decay_steps: int) -> float:
+    """The VAE stages' learning rate: 50 warm-up steps, then `vae_lr`, then the final cosine decay."""
+    return recipe.vae_lr * min(1.0, (step + 1) / 50) * _decay(step, steps, decay_steps)
 
 
 def _decay(step: int, steps: int, decay_steps: int) -> float:
@@ -204,9 +209,7 @@ def stage_vae(work: Path, recipe: Recipe, bank: dict[str, Any]) -> Any:
         index = torch.randint(len(clips), (recipe.vae_batch,), generator=generator)
         x = clips[index].float()
         for group in optimizer.param_groups:
-            group["lr"] = (
-                recipe.vae_lr * min(1.0, (step + 1) / 50) * _decay(step, recipe.vae_steps, recipe.vae_decay_steps)
-            )
+            group["lr"] = _vae_lr(recipe, step, recipe.vae_steps, recipe.vae_decay_steps)
         posterior = vae.encode(x).latent_dist
         # decode the posterior mean: with a few hundred steps there is no time to wait for the encoder
         # to shrink its initial unit variance, and the latents used later are the means anyway
@@ -283,9 +286,7 @@ def stage_decoder(work: Path, recipe: Recipe, bank: dict[str, Any], vae: Any, da
         index = torch.randint(len(raw), (recipe.vae_batch,), generator=generator)
         x = bank["clips"][index].float()
         for group in optimizer.param_groups:
-            group["lr"] = (
-                recipe.vae_lr * min(1.0, (step + 1) / 50) * _decay(step, recipe.decoder_steps, recipe.decoder_steps)
-            )
+            group["lr"] = _vae_lr(recipe, step, recipe.decoder_steps, recipe.decoder_steps)
         y = decode_unclamped(vae, raw[index])
         loss = _reconstruction_loss(recipe, bank["masks"][index], y, x) + _edge_loss(y, x)
         optimizer.zero_grad(set_to_none=True)
@@ -322,7 +323,7 @@ def sample_sigmas(count: int, generator: torch.Generator) -> torch.Tensor:
     return FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
 
 
-def latent_masks(masks: torch.Tensor, temporal: int = 2, spatial: int = 4) -> torch.Tensor:
+def latent_masks(masks: torch.Tensor, temporal: int, spatial: int) -> torch.Tensor:
     """Pixel coverage (N, F, H, W) -> the latent pixels the object touches (N, 1, F', H', W'), 0 or 1.
 
     The causal VAE keeps frame 0 alone and folds each following `temporal` frames into one latent
@@ -437,7 +438,7 @@ def train(work: Path, recipe: Recipe, only: str | None = None) -> Path | None:
     tokenizer = build_tokenizer()
     text_encoder = build_text_encoder(len(tokenizer), seed=recipe.seed)
     embeddings, empty = prompt_embeddings(tokenizer, text_encoder, data["prompts"])
-    masks = latent_masks(bank["masks"])
+    masks = latent_masks(bank["masks"], vae.config.scale_factor_temporal, vae.config.scale_factor_spatial)
     if only == "decoder":
         stage_decoder(work, recipe, bank, vae, data)
         _log(work, f"decoder done in this session: {time.perf_counter() - started:.0f} s")
