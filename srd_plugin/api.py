@@ -20,8 +20,9 @@ from .adapters.base import module_device, module_dtype
 from .config import SRDConfig
 from .errors import IncompatibleRendererError, UnsupportedPipelineError
 from .manager import get_plugin_manager, supported_pipelines
-from .runtime import _SESSIONS, Session, last_trace_of, other_sessions, session_of
+from .runtime import _SESSIONS, _SKETCHER_OF, Session, last_trace_of, other_sessions, session_of
 from .sharing import sharing_problems
+from .switching import make_policy
 from .trace import RunTrace
 
 #: held while a setup is checked against the other enabled pipelines and swapped in or out
@@ -32,7 +33,7 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
     """Make every later `pipe(...)` sketch with `pipe.transformer` and render with `renderer`.
 
     Args:
-        pipe: a diffusers pipeline some adapter supports (WanPipeline built in).
+        pipe: a diffusers pipeline some adapter supports (see `srd doctor`).
         renderer: a transformer module, or a path / hub repo id loaded with the host's own
             transformer class (a pipeline folder means its `transformer` subfolder), in the
             sketcher's dtype and on its device.
@@ -41,11 +42,18 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
 
     Returns the same pipeline. Enabling again replaces the previous setup.
 
+    SRD's setup belongs to the components it intercepts (the sketcher and its scheduler), not to
+    the pipeline object. A pipeline built from the components of an enabled one
+    (`DiffusionPipeline.from_pipe(pipe)`, `WanPipeline(**pipe.components)`) joins that setup when
+    enabled with the same renderer and settings; with another renderer or other settings the new
+    setup replaces the old one for every pipeline sharing the sketcher, with one warning naming them.
+
     Raises (before any change to the pipeline):
         UnsupportedPipelineError: no adapter recognises the pipeline.
         IncompatibleRendererError: the renderer cannot replace the sketcher (every mismatch named).
         ValueError: a bad config value, a missing renderer path, a plugin-reported problem, a
-            sketcher or scheduler already used by another enabled pipeline (`sharing.py`).
+            scheduler the adaptive policy cannot derive x0 from, components that are another
+            setup's in a way that cannot be shared (`sharing.py`).
     If installing fails half-way (a plugin's `srd_prepare_model` raising), the partial work is
     undone and a previous setup of this pipeline is put back before the error propagates.
     """
@@ -56,6 +64,17 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
         raise UnsupportedPipelineError(pipe, supported_pipelines())
     adapter.check_pipeline(pipe)
     sketcher = adapter.sketcher(pipe)
+    scheduler_problems = _scheduler_problems(pipe, adapter, config)
+    with _SETUP_LOCK:
+        existing = _SESSIONS.get(sketcher)
+        if existing is not None and _same_setup(existing, renderer, config):
+            others = other_sessions(existing)
+            problems = scheduler_problems + sharing_problems(pipe, sketcher, existing.renderer, config, others)
+            _raise_setup_problems(problems)
+            _leave_other_session(pipe, existing)
+            existing.join(pipe)
+            _SKETCHER_OF[pipe] = sketcher
+            return pipe
     renderer_module = _resolve_renderer(renderer, pipe, adapter, config)
     problems = adapter.compatibility_problems(sketcher, renderer_module)
     if problems:
@@ -68,34 +87,53 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
             stacklevel=2,
         )
     source = os.fspath(renderer) if isinstance(renderer, (str, os.PathLike)) else None
-    session = Session(pipe, adapter, sketcher, renderer_module, config, manager, renderer_source=source)
     with _SETUP_LOCK:  # enable / disable in other threads must not interleave with the checks and the swap
-        problems = sharing_problems(pipe, sketcher, renderer_module, config, other_sessions(session_of(pipe)))
+        previous = _SESSIONS.get(sketcher)
+        session = Session(pipe, adapter, sketcher, renderer_module, config, manager, renderer_source=source)
+        if previous is not None:  # the same components, another renderer or other settings: replace for all
+            session.take_pipelines_of(previous)
+        others = other_sessions(previous)
+        problems = scheduler_problems + sharing_problems(pipe, sketcher, renderer_module, config, others)
         problems += [p for result in manager.hook.srd_check_setup(session=session) for p in (result or [])]
-        if problems:
-            raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in problems))
+        _raise_setup_problems(problems)
         _place(session)
-        previous = _SESSIONS.pop(pipe, None)
         if previous is not None:
             previous.uninstall()
+            _warn_replaced(pipe, previous)
+        _leave_other_session(pipe, previous)
         session.refresh_dtypes()
         try:
             session.install()  # removes its own partial work if it fails
         except BaseException:
             if previous is not None:  # a failed enable leaves the previous setup in place
                 previous.install()
-                _SESSIONS[pipe] = previous
+                _SESSIONS[sketcher] = previous
             raise
-        _SESSIONS[pipe] = session
+        _SESSIONS[sketcher] = session
+        _SKETCHER_OF[pipe] = sketcher
     return pipe
 
 
 def disable(pipe: Any) -> Any:
-    """Remove SRD from the pipeline; afterwards it behaves exactly as if never enabled. Idempotent."""
+    """Remove SRD from the pipeline's components; afterwards it behaves exactly as if never enabled.
+
+    SRD's setup belongs to the sketcher and its scheduler, so every pipeline sharing them (`from_pipe`,
+    `Pipeline(**pipe.components)`) runs plain afterwards too; a warning names them. Idempotent.
+    """
     with _SETUP_LOCK:
-        session = _SESSIONS.pop(pipe, None)
-        if session is not None:
-            session.uninstall()
+        session = session_of(pipe) or _session_listing(pipe)
+        if session is None:
+            return pipe
+        if _SESSIONS.get(session.sketcher) is session:
+            del _SESSIONS[session.sketcher]
+        others = [p for p in session.pipes if p is not pipe]
+        session.uninstall()
+    if others:
+        warnings.warn(
+            f"srd_plugin: disabled SRD on the components this {type(pipe).__name__} shares with "
+            f"{_names(others)}; those pipelines run plain now too",
+            stacklevel=2,
+        )
     return pipe
 
 
@@ -115,10 +153,69 @@ def last_trace(pipe: Any) -> RunTrace | None:
 
 
 def is_enabled(pipe: Any) -> bool:
+    """True when the pipeline's calls go through SRD (enabled on it, or on a pipeline sharing its components)."""
     return session_of(pipe) is not None
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _scheduler_problems(pipe: Any, adapter: Any, config: SRDConfig) -> list[str]:
+    """The adaptive policy needs x0 from the scheduler: refuse one it cannot derive it from, now."""
+    scheduler = getattr(pipe, "scheduler", None)
+    if scheduler is None or not make_policy(config).needs_x0:
+        return []
+    problem = adapter.scheduler_problem(scheduler)
+    return [f"scheduler: {problem}"] if problem else []
+
+
+def _same_setup(session: Session, renderer: Any, config: SRDConfig) -> bool:
+    """Would enabling with these arguments build exactly this session's setup?"""
+    if not session.installed or session.config != config:
+        return False
+    if isinstance(renderer, (str, os.PathLike)):
+        return session.renderer_source == os.fspath(renderer)
+    return renderer is session.renderer
+
+
+def _raise_setup_problems(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("srd_plugin cannot enable this setup:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _session_listing(pipe: Any) -> Session | None:
+    """The installed session this pipeline was enabled on, whatever its components are now."""
+    for session in list(_SESSIONS.values()):
+        if any(p is pipe for p in session.pipes):
+            return session
+    return None
+
+
+def _leave_other_session(pipe: Any, keep: Session | None) -> None:
+    """A pipeline enabled on another sketcher before (the user swapped `pipe.transformer`) leaves that session."""
+    session = _session_listing(pipe)
+    if session is None or session is keep:
+        return
+    if len(session.pipes) == 1:
+        if _SESSIONS.get(session.sketcher) is session:
+            del _SESSIONS[session.sketcher]
+        session.uninstall()
+    else:
+        session.leave(pipe)
+
+
+def _warn_replaced(pipe: Any, previous: Session) -> None:
+    others = [p for p in previous.pipes if p is not pipe]
+    if others:
+        warnings.warn(
+            f"srd_plugin: this setup replaces the SRD setup of the components this {type(pipe).__name__} shares "
+            f"with {_names(others)}; those pipelines now use the new renderer and settings too",
+            stacklevel=3,
+        )
+
+
+def _names(pipes: list[Any]) -> str:
+    return f"{len(pipes)} other pipeline(s) ({', '.join(type(p).__name__ for p in pipes)})"
+
+
 def _resolve_config(config: SRDConfig | None, overrides: dict[str, Any]) -> SRDConfig:
     if config is None:
         config = SRDConfig()

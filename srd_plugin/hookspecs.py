@@ -92,6 +92,22 @@ def srd_restore_model(session: Session, role: str, model: torch.nn.Module) -> No
     """
 
 
+@hookspec
+def srd_add_pipeline(session: Session, pipe: Any) -> None:
+    """A pipeline now goes through this session: the one `enable` was called on, or one that joined.
+
+    A session belongs to its sketcher and schedulers, and several pipelines built from the same
+    components (`from_pipe`, `Pipeline(**pipe.components)`) can share it. Plugins that attach
+    something to the *pipeline object* (the phase-aware progress bar) do it here, per pipeline,
+    and undo it in `srd_remove_pipeline`.
+    """
+
+
+@hookspec
+def srd_remove_pipeline(session: Session, pipe: Any) -> None:
+    """Undo `srd_add_pipeline` for one pipeline; called by `disable` for every pipeline of the session."""
+
+
 # -- one pipeline call ------------------------------------------------------------------
 @hookspec
 def srd_run_start(session: Session, run: Run) -> None:

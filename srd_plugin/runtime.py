@@ -28,6 +28,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from . import attachments
 from .adapters.base import Adapter, all_finite, module_device, module_dtype
 from .config import SRDConfig
 from .errors import RendererFailureError
@@ -36,21 +37,47 @@ from .trace import MIXED, RunTrace
 
 ROUTER_HOOK_NAME = "srd_router"
 
+# SRD's state belongs to the components it intercepts, not to a pipeline object: pipelines built
+# from the same components (`WanPipeline(**pipe.components)`, `from_pipe`) call the same sketcher and
+# scheduler, so they share one session, one run at a time and one last trace.
+#: the sketcher module -> its session
 _SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+#: the sketcher module -> the trace of the latest call through it (kept after `disable`)
 _LAST_TRACES: weakref.WeakKeyDictionary[Any, RunTrace] = weakref.WeakKeyDictionary()
+#: a pipeline -> the sketcher it was enabled with (for pipelines whose sketcher is not `transformer`)
+_SKETCHER_OF: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def sketcher_of(pipe: Any) -> Any:
+    """The module SRD would intercept in this pipeline (its `transformer` unless an adapter said otherwise)."""
+    return _SKETCHER_OF.get(pipe) or getattr(pipe, "transformer", None)
 
 
 def session_of(pipe: Any) -> Session | None:
-    """The active SRD session of a pipeline, or None."""
-    return _SESSIONS.get(pipe)
+    """The session that serves this pipeline's calls, or None.
+
+    A pipeline is served when its sketcher carries a session and its calls reach that session's
+    run: it was enabled (or joined), or it shares the scheduler of one that was.
+    """
+    try:
+        session = _SESSIONS.get(sketcher_of(pipe))
+    except TypeError:  # an unhashable or non-weakrefable stand-in
+        return None
+    if session is None or not session.serves(pipe):
+        return None
+    return session
 
 
 def last_trace_of(pipe: Any) -> RunTrace | None:
-    return _LAST_TRACES.get(pipe)
+    """The trace of the latest SRD call through this pipeline's sketcher (every pipeline sharing it agrees)."""
+    try:
+        return _LAST_TRACES.get(sketcher_of(pipe))
+    except TypeError:
+        return None
 
 
 def other_sessions(session: Session | None) -> list[Session]:
-    """The sessions of every other enabled pipeline (a snapshot, safe while other threads enable)."""
+    """Every other installed session (a snapshot, safe while other threads enable)."""
     return [s for s in list(_SESSIONS.values()) if s is not session]
 
 
@@ -61,6 +88,8 @@ class Run:
     policy: SwitchPolicy
     trace: RunTrace
     num_steps: int
+    #: the scheduler whose `set_timesteps` started this call (a session may serve several)
+    scheduler: Any = None
     phase: str = SKETCH
     step_index: int = 0
     policy_done: bool = False
@@ -120,7 +149,13 @@ class RouterHook(ModelHook):
 
 
 class Session:
-    """SRD on one pipeline: the models, the plugins, the installed interceptions."""
+    """SRD on one sketcher: the models, the plugins, the installed interceptions.
+
+    A session belongs to the sketcher module it routes (and the schedulers it wraps), so every
+    pipeline that calls that sketcher through a wrapped scheduler is served by it: the pipeline
+    it was enabled on, pipelines enabled later on the same components (`join`), and pipelines
+    sharing the scheduler of one of those (`from_pipe`, `Pipeline(**pipe.components)`).
+    """
 
     def __init__(
         self,
@@ -132,7 +167,10 @@ class Session:
         plugin_manager: pluggy.PluginManager,
         renderer_source: str | None = None,
     ) -> None:
-        self._pipe_ref = weakref.ref(pipe)
+        #: the pipelines enabled on this session, oldest first (weak: a dropped pipeline goes away)
+        self._pipe_refs: list[weakref.ref] = [weakref.ref(pipe)]
+        #: the pipeline of the current call (the one whose scheduler started it), while it runs
+        self._current_pipe: weakref.ref | None = None
         self.pipeline_name = type(pipe).__name__
         self.adapter = adapter
         self.sketcher = sketcher
@@ -144,18 +182,41 @@ class Session:
         self.hook = plugin_manager.hook
         self.plugin_state: dict[str, Any] = {}
         self.active_run: Run | None = None
+        #: the scheduler of the current (or latest) call
         self.scheduler: Any = None
         self.installed = False
         self._router: RouterHook | None = None
-        self._registry_existed = False
-        self._saved_scheduler_attrs: dict[str, Any] = {}
+        #: scheduler -> its (set_timesteps, step) wrappers; weak, so a dropped scheduler goes away
+        self._wrapped: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
         self._step_signature: inspect.Signature | None = None
         self.refresh_dtypes()
 
     # -- properties ----------------------------------------------------------------------
     @property
     def pipe(self) -> Any:
-        return self._pipe_ref()
+        """The pipeline of the current call, else the latest one enabled on this session."""
+        current = self._current_pipe() if self._current_pipe is not None else None
+        if current is not None:
+            return current
+        pipes = self.pipes
+        return pipes[-1] if pipes else None
+
+    @property
+    def pipes(self) -> list[Any]:
+        """The live pipelines enabled (or joined) on this session, oldest first."""
+        return [p for p in (ref() for ref in self._pipe_refs) if p is not None]
+
+    def serves(self, pipe: Any) -> bool:
+        """True when this pipeline's calls go through this session."""
+        if not self.installed:
+            return False
+        if any(p is pipe for p in self.pipes):
+            return True
+        return self.serves_scheduler(getattr(pipe, "scheduler", None))
+
+    def serves_scheduler(self, scheduler: Any) -> bool:
+        """True when this session wraps `scheduler` (its `set_timesteps` starts this session's runs)."""
+        return scheduler is not None and scheduler in self._wrapped
 
     def model(self, role: str) -> torch.nn.Module:
         return self.sketcher if role == SKETCH else self.renderer
@@ -166,27 +227,51 @@ class Session:
 
     # -- install / uninstall ---------------------------------------------------------------
     def install(self) -> None:
-        """Install the router, the scheduler wrapper and the plugins' preparations.
+        """Install the router, the scheduler wrappers and the plugins' preparations.
 
         If any part fails (a plugin's `srd_prepare_model` raising, say), whatever was
         already installed is removed again before the error propagates, so a failed
         install leaves the pipeline as it was.
         """
-        self._registry_existed = hasattr(self.sketcher, "_diffusers_hook")
-        self._forward_was_instance_attr = "forward" in self.sketcher.__dict__
         self.installed = True
         try:
+            # claimed first, so that "as SRD found it" means before any plugin's hooks, too
+            attachments.claim_hook(self.sketcher, ROUTER_HOOK_NAME)
             self.adapter.prepare_session(self)
             self.hook.srd_before_install(session=self)  # e.g. context parallelism, which must sit inside the router
             registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
             self._router = RouterHook(self)
             registry.register_hook(self._router, ROUTER_HOOK_NAME)
-            self._wrap_scheduler(self.pipe.scheduler)
+            for pipe in self.pipes:
+                self._wrap_scheduler(pipe.scheduler)
             for role in (SKETCH, RENDER):
                 self.hook.srd_prepare_model(session=self, role=role, model=self.model(role))
+            for pipe in self.pipes:
+                self.hook.srd_add_pipeline(session=self, pipe=pipe)
         except BaseException:
             self.uninstall()
             raise
+
+    def join(self, pipe: Any) -> None:
+        """Serve one more pipeline built from this session's components (same sketcher, same settings)."""
+        if not any(p is pipe for p in self.pipes):
+            self._pipe_refs.append(weakref.ref(pipe))
+        self._wrap_scheduler(pipe.scheduler)
+        self.hook.srd_add_pipeline(session=self, pipe=pipe)
+
+    def take_pipelines_of(self, previous: Session) -> None:
+        """Serve the pipelines of the session this one replaces too (before this session's own pipeline)."""
+        own = self._pipe_refs
+        self._pipe_refs = [ref for ref in previous._pipe_refs if ref() is not None and ref() not in self.pipes]
+        self._pipe_refs += own
+
+    def leave(self, pipe: Any) -> None:
+        """Stop serving one pipeline (enabled again elsewhere); its scheduler is unwrapped unless shared."""
+        self._pipe_refs = [ref for ref in self._pipe_refs if ref() is not None and ref() is not pipe]
+        self.hook.srd_remove_pipeline(session=self, pipe=pipe)
+        scheduler = getattr(pipe, "scheduler", None)
+        if scheduler in self._wrapped and not any(p.scheduler is scheduler for p in self.pipes):
+            self._unwrap_scheduler(scheduler)
 
     def uninstall(self) -> None:
         """Undo `install`. Our own interceptions are removed even when a plugin's hook raises
@@ -197,82 +282,95 @@ class Session:
             cleanup.callback(self._remove_interceptions)
             for role in (SKETCH, RENDER):
                 cleanup.callback(self.hook.srd_restore_model, session=self, role=role, model=self.model(role))
+            for pipe in self.pipes:
+                cleanup.callback(self.hook.srd_remove_pipeline, session=self, pipe=pipe)
             if self.active_run is not None:
                 self.abort_run(self.active_run, None)
 
     def _remove_interceptions(self) -> None:
-        registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
-        if self._router is not None and registry.get_hook(ROUTER_HOOK_NAME) is self._router:
+        registry = getattr(self.sketcher, "_diffusers_hook", None)
+        if registry is not None and self._router is not None and registry.get_hook(ROUTER_HOOK_NAME) is self._router:
             registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
-        if not registry.hooks:
-            # leave the module exactly as we found it: with no diffusers hook left, an instance
-            # `forward` is a stale wrapper of ours (or of a plugin's, removed before the router),
-            # unless accelerate's offloading hook took `forward` after enable (it owns it then)
-            if not self._forward_was_instance_attr and not hasattr(self.sketcher, "_hf_hook"):
-                self.sketcher.__dict__.pop("forward", None)
-            if not self._registry_existed:
-                del self.sketcher._diffusers_hook
-        self._unwrap_scheduler()
+            _drop_leftovers(self.sketcher, registry)
+        attachments.release_hook(self.sketcher, ROUTER_HOOK_NAME)
+        for scheduler in list(self._wrapped):
+            self._unwrap_scheduler(scheduler)
         self.installed = False
 
     def _wrap_scheduler(self, scheduler: Any) -> None:
+        if scheduler is None or scheduler in self._wrapped:
+            return
         session = self
         original_set_timesteps = scheduler.set_timesteps
         original_step = scheduler.step
-        self._saved_scheduler_attrs = {
-            name: scheduler.__dict__[name] for name in ("set_timesteps", "step") if name in scheduler.__dict__
-        }
         self._step_signature = inspect.signature(original_step)
+        scheduler_ref = weakref.ref(scheduler)
 
         @functools.wraps(original_set_timesteps)
         def set_timesteps(*args: Any, **kwargs: Any) -> Any:
             result = original_set_timesteps(*args, **kwargs)
-            if session.installed and session.scheduler is scheduler:
-                session.start_run(scheduler)
+            if session.installed and scheduler_ref() in session._wrapped:
+                session.start_run(scheduler_ref())
             return result
 
         @functools.wraps(original_step)
         def step(*args: Any, **kwargs: Any) -> Any:
             run = session.active_run
-            if not session.installed or session.scheduler is not scheduler or run is None:
+            if not session.installed or run is None or run.scheduler is not scheduler_ref():
                 return original_step(*args, **kwargs)
             return session.scheduler_step(run, original_step, args, kwargs)
 
-        scheduler.set_timesteps = set_timesteps
-        scheduler.step = step
-        self._wrappers = (set_timesteps, step)
+        attachments.attach_attribute(scheduler, "set_timesteps", set_timesteps)
+        attachments.attach_attribute(scheduler, "step", step)
+        self._wrapped[scheduler] = (set_timesteps, step)
         self.scheduler = scheduler
 
-    def _unwrap_scheduler(self) -> None:
-        scheduler = self.scheduler
-        if scheduler is None:
+    def _unwrap_scheduler(self, scheduler: Any) -> None:
+        wrappers = self._wrapped.pop(scheduler, None)
+        if wrappers is None:
             return
-        for name, wrapper in zip(("set_timesteps", "step"), self._wrappers):
-            if scheduler.__dict__.get(name) is wrapper:
-                if name in self._saved_scheduler_attrs:
-                    setattr(scheduler, name, self._saved_scheduler_attrs[name])
-                else:
-                    del scheduler.__dict__[name]
-            # else: someone wrapped after us; our wrapper is inert once `scheduler` is cleared
-        self.scheduler = None
+        for name, wrapper in zip(("set_timesteps", "step"), wrappers):
+            # someone who wrapped after us keeps theirs; ours is inert once the scheduler is unwrapped
+            attachments.detach_attribute(scheduler, name, wrapper)
+        if self.scheduler is scheduler:
+            self.scheduler = None
 
     def adopt_replaced_scheduler(self) -> Run | None:
-        """The user swapped `pipe.scheduler` after `enable`: wrap the new one and start the run now."""
-        pipe = self.pipe
-        current = getattr(pipe, "scheduler", None) if pipe is not None else None
-        if current is None or current is self.scheduler or not self.installed:
+        """The user swapped `pipe.scheduler` after `enable`: wrap the new one and start the run now.
+
+        Only an unambiguous case is adopted: exactly one of the session's pipelines holds a scheduler
+        that is not wrapped and has its timesteps set (that pipeline is the one calling).
+        """
+        if not self.installed:
             return None
-        self._unwrap_scheduler()
-        self._wrap_scheduler(current)
-        if getattr(current, "timesteps", None) is None or getattr(current, "num_inference_steps", None) is None:
+        candidates = [
+            p.scheduler
+            for p in self.pipes
+            if getattr(p, "scheduler", None) is not None and p.scheduler not in self._wrapped
+        ]
+        ready = [
+            s
+            for s in candidates
+            if getattr(s, "timesteps", None) is not None and getattr(s, "num_inference_steps", None) is not None
+        ]
+        for scheduler in candidates:
+            self._wrap_scheduler(scheduler)
+        for scheduler in list(self._wrapped):
+            if not any(p.scheduler is scheduler for p in self.pipes):
+                self._unwrap_scheduler(scheduler)  # replaced everywhere: hand it back plain
+        if len(ready) != 1:
             return None
-        self.start_run(current)
+        self.start_run(ready[0])
         return self.active_run
 
     # -- a run -----------------------------------------------------------------------------
     def start_run(self, scheduler: Any) -> None:
         if self.active_run is not None:
             self.abort_run(self.active_run, None, note="a new call started before this one finished")
+        self.scheduler = scheduler
+        callers = [p for p in self.pipes if getattr(p, "scheduler", None) is scheduler]
+        caller = callers[-1] if callers else self.pipe  # a pipeline sharing a wrapped scheduler
+        self._current_pipe = weakref.ref(caller) if caller is not None else None
         timesteps = [float(t) for t in scheduler.timesteps]
         policy = make_policy(self.config)
         if policy.needs_x0:
@@ -281,7 +379,7 @@ class Session:
                 raise ValueError(problem)
         first_phase = policy.start(timesteps, scheduler.config.get("num_train_timesteps", 1000))
         trace = RunTrace(
-            pipeline=self.pipeline_name,
+            pipeline=type(caller).__name__ if caller is not None else self.pipeline_name,
             policy=policy.name,
             config=self.config.to_dict(),
             num_steps=len(timesteps),
@@ -289,10 +387,8 @@ class Session:
         )
         # phase = the role of step 0 already, so placement plugins and srd_run_start know whether
         # this call sketches at all (a render-from-step-0 call must not bring the sketcher back)
-        run = Run(policy=policy, trace=trace, num_steps=len(timesteps), phase=first_phase)
-        pipe = self.pipe
-        if pipe is not None:
-            _LAST_TRACES[pipe] = trace
+        run = Run(policy=policy, trace=trace, num_steps=len(timesteps), scheduler=scheduler, phase=first_phase)
+        _LAST_TRACES[self.sketcher] = trace
         self.active_run = run
         try:
             try:
@@ -346,7 +442,7 @@ class Session:
             x0 = None
             if run.phase == SKETCH and not run.policy_done and run.policy.needs_x0:
                 x0 = self.adapter.predict_x0(
-                    self.scheduler,
+                    run.scheduler,
                     bound.arguments["model_output"],
                     bound.arguments.get("timestep"),
                     bound.arguments["sample"],
@@ -491,3 +587,17 @@ class Session:
         run.trace.fallback_step = step
         run.trace.events.append(f"{reason}: the sketcher took over from step {step}")
         self.hook.srd_fallback(session=self, run=run, step_index=step)
+
+
+
+def _drop_leftovers(module: torch.nn.Module, registry: Any) -> None:
+    """After the router's removal, leave the module exactly as SRD found it: with no diffusers hook
+    left, an instance `forward` is a stale wrapper of ours (or of a plugin's, removed before the
+    router), unless accelerate's offloading hook took `forward` after enable (it owns it then)."""
+    if registry.hooks:
+        return
+    registry_existed, forward_was_attribute = attachments.found_before_hooks(module)
+    if not forward_was_attribute and not hasattr(module, "_hf_hook"):
+        module.__dict__.pop("forward", None)
+    if not registry_existed:
+        module.__dict__.pop("_diffusers_hook", None)

@@ -1,14 +1,14 @@
-"""Which modules an SRD setup may share with the setups of other pipelines.
+"""Which components an SRD setup may share with the setups of other sketchers.
 
-Sharing is normal in diffusers (`WanPipeline(**pipe.components)` shares every component),
-but SRD attaches per-call state to two of them, and two sessions must never meet there:
+A setup belongs to the components it intercepts: the **sketcher** (the router) and the
+**schedulers** of the pipelines it serves (the wrappers). Pipelines built from the same
+components share one setup (`api.enable` joins or replaces it). What cannot be shared is a
+component that would sit in two *different* setups:
 
-* the **sketcher** carries one session's router, and the router routes by that session's
-  current run: a second session on the same module would route the other's calls;
-* the **scheduler** carries one session's wrapper, which starts and steps that session's
-  run: two sessions on one scheduler would both follow every call of either pipeline;
-* a module that is one pipeline's sketcher cannot be another one's renderer, because the
-  render calls would pass through the first session's router.
+* a **scheduler** wrapped by the setup of another sketcher would start and step that setup's
+  runs as well as this one's;
+* a module that is one setup's sketcher cannot be another one's renderer (or the other way
+  round), because the render calls would pass through the first setup's router.
 
 A **renderer** may be shared (it holds no SRD state), as long as no setup moves it to
 another device or converts its dtype under a pipeline that uses it: `enable` refuses that
@@ -33,27 +33,22 @@ def sharing_problems(
     config: SRDConfig,
     others: list[Session],
 ) -> list[str]:
-    """Every way this setup would collide with the enabled sessions `others`, one line each."""
+    """Every way this setup would collide with the sessions of other sketchers, `others`, one line each."""
     problems = []
     for other in others:
         name = f"another SRD-enabled {other.pipeline_name}"
-        if other.sketcher is sketcher:
-            problems.append(
-                f"sketcher: pipe.transformer is already the sketcher of {name}; call srd.disable on that "
-                "pipeline first, or give this pipeline its own transformer"
-            )
-        elif other.renderer is sketcher:
+        if other.renderer is sketcher:
             problems.append(f"sketcher: pipe.transformer is the renderer of {name}; give one of them a separate copy")
         if renderer is not sketcher and other.sketcher is renderer:
             problems.append(
                 f"renderer: it is the sketcher of {name}, whose router would route these render calls; "
                 "pass a separate copy of the model"
             )
-        if other.scheduler is not None and other.scheduler is getattr(pipe, "scheduler", None):
+        if other.serves_scheduler(getattr(pipe, "scheduler", None)):
             problems.append(
-                f"scheduler: pipe.scheduler is also the scheduler of {name}, and SRD follows one pipeline per "
-                "scheduler; give this pipeline its own: pipe.scheduler = type(pipe.scheduler).from_config("
-                "pipe.scheduler.config)"
+                f"scheduler: pipe.scheduler is also the scheduler of {name} with another transformer, and a "
+                "scheduler follows one SRD setup; give this pipeline its own: pipe.scheduler = "
+                "type(pipe.scheduler).from_config(pipe.scheduler.config)"
             )
         if other.renderer is renderer and renderer is not sketcher:
             change = _placement_change(sketcher, renderer, config)

@@ -422,14 +422,20 @@ def test_adaptive_switches_where_the_reference_says(cog_pipe, renderer_2b):
     assert branches == {"max", "settled"}, "the thresholds must exercise both ways to switch"
 
 
-def test_adaptive_needs_a_v_prediction_scheduler(cog_pipe, renderer_2b):
-    cog_pipe.scheduler = DDIMScheduler.from_config({**cogvideox_scheduler_config(1.0), "prediction_type": "epsilon"})
-    try:
-        srd.enable(cog_pipe, renderer_2b)
-        with pytest.raises(ValueError, match="prediction_type='epsilon'.*v_prediction"):
-            generate(cog_pipe)
-    finally:
-        cog_pipe.scheduler = make_cogvideox_scheduler(1.0)
+def test_adaptive_serves_diffusers_plain_epsilon_ddim(renderer_2b):
+    """diffusers' own CogVideoX tests build a plain `DDIMScheduler()` (epsilon prediction): the adaptive
+    policy derives x0 from that parametrization and switches where the rule applied to the scheduler's
+    own `pred_original_sample` says."""
+    pipe = tiny_cogvideox_pipeline()
+    pipe.scheduler = DDIMScheduler()
+    steps = 10
+    x0s = sketcher_only_x0(pipe, steps)
+    expected, _ = reference_switch(x0s, 0.05, min_steps=3, max_steps=math.ceil(0.6 * steps))
+    srd.enable(pipe, renderer_2b, threshold=0.05, min_sketch_steps=3)
+    generate(pipe, steps=steps)
+    trace = srd.last_trace(pipe)
+    assert trace.completed and trace.switch_step == expected
+    assert all(m is not None for m in trace.metrics[2 : trace.switch_step])
 
 
 # -- bad input -----------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..parametrization import scheduler_x0, x0_problem
+
 if TYPE_CHECKING:  # pragma: no cover - types only
     from ..config import SRDConfig
     from ..runtime import Session
@@ -98,12 +100,17 @@ class Adapter:
     def predict_x0(
         self, scheduler: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, step_index: int
     ) -> torch.Tensor:
-        """The guided x0 prediction of step `step_index`, in float32."""
-        raise NotImplementedError(f"the {self.name} adapter does not implement predict_x0")
+        """The guided x0 prediction of step `step_index`, in float32.
+
+        Default: from the scheduler's own parametrization (`srd_plugin.parametrization`), which
+        serves flow-matching, variance-preserving and k-diffusion schedulers; override only for a
+        family whose host wraps the model call in a parametrization of its own.
+        """
+        return scheduler_x0(scheduler, model_output, timestep, sample)
 
     def scheduler_problem(self, scheduler: Any) -> str | None:
         """Why `predict_x0` cannot serve this scheduler (None if it can)."""
-        return None
+        return x0_problem(scheduler)
 
 
 # -- helpers shared by adapters --------------------------------------------------------
@@ -159,7 +166,8 @@ def all_finite(value: Any) -> bool:
 
 
 def flow_x0(scheduler: Any, model_output: torch.Tensor, sample: torch.Tensor, step_index: int) -> torch.Tensor:
-    """x0 = x_t - sigma_t * v for flow-matching schedulers (sigma from the scheduler's own table)."""
+    """x0 = x_t - sigma_t * v with sigma from the flow scheduler's table at `step_index` (for adapters whose
+    loop keeps its own step count; the default `Adapter.predict_x0` finds the scheduler's index itself)."""
     sigma = float(scheduler.sigmas[step_index])
     return sample.float() - sigma * model_output.float()
 

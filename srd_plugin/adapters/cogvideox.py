@@ -116,15 +116,6 @@ class CogVideoXAdapter(Adapter):
                 )
         return problems
 
-    def scheduler_problem(self, scheduler: Any) -> str | None:
-        return _v_prediction_problem(scheduler, "the host scheduler")
-
-    def predict_x0(
-        self, scheduler: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, step_index: int
-    ) -> torch.Tensor:
-        abar = scheduler.alphas_cumprod[int(timestep)].double()
-        return float(abar.sqrt()) * sample.float() - float((1.0 - abar).sqrt()) * model_output.float()
-
     # -- the render call -------------------------------------------------------------------
     def render(self, session: Session, call: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         """Call the renderer with its own rotary tables, in its own dtype and (if needed) coordinates."""

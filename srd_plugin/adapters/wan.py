@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
-from .base import Adapter, config_mismatches, flow_x0
+from .base import Adapter, config_mismatches
 
 #: config entries that must agree between sketcher and renderer, with what they mean
 WAN_MUST_MATCH = {
@@ -29,8 +29,6 @@ WAN_MUST_MATCH = {
     "image_dim": "image embedding width (I2V models)",
     "added_kv_proj_dim": "image key/value projection (I2V models)",
 }
-
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
 
 class WanAdapter(Adapter):
@@ -60,23 +58,6 @@ class WanAdapter(Adapter):
                 "pass a Wan2.1 transformer (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
             ]
         return config_mismatches(sketcher, renderer, WAN_MUST_MATCH)
-
-    def scheduler_problem(self, scheduler: Any) -> str | None:
-        if type(scheduler).__name__ in FLOW_SCHEDULERS:
-            return None
-        if getattr(scheduler.config, "prediction_type", None) == "flow_prediction":
-            return None
-        return (
-            f"the adaptive policy needs a flow-matching scheduler to compute x0 = x_t - sigma_t * v; "
-            f"{type(scheduler).__name__} with prediction_type={getattr(scheduler.config, 'prediction_type', None)!r} "
-            "is not one. Use UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True) or "
-            "FlowMatchEulerDiscreteScheduler, or a non-adaptive policy (switch='step')"
-        )
-
-    def predict_x0(
-        self, scheduler: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, step_index: int
-    ) -> torch.Tensor:
-        return flow_x0(scheduler, model_output, sample, step_index)
 
 
 _ADAPTER = WanAdapter()

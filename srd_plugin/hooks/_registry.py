@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from .. import attachments
+
 _RESTORE_ATTRIBUTE = "_srd_found_module_as"
 
 
@@ -19,6 +21,7 @@ def register(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
     """Register `hook` under `name` on `module`, remembering whether a registry and a forward attribute existed."""
     found = (hasattr(module, "_diffusers_hook"), "forward" in module.__dict__)
     setattr(hook, _RESTORE_ATTRIBUTE, found)
+    attachments.claim_hook(module, name)  # copies of the module leave the hook behind
     HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
 
 
@@ -29,6 +32,7 @@ def unregister(module: torch.nn.Module, name: str) -> bool:
         return False
     registry_existed, forward_was_attribute = getattr(registry.hooks[name], _RESTORE_ATTRIBUTE, (True, True))
     registry.remove_hook(name, recurse=False)
+    attachments.release_hook(module, name)
     if not registry.hooks and not registry_existed:
         del module._diffusers_hook
         if not forward_was_attribute:

@@ -54,6 +54,7 @@ from diffusers.hooks.group_offloading import (
     _get_top_level_group_offload_hook,
 )
 
+from .. import attachments
 from ..hookspecs import hookimpl
 from ..runtime import ROUTER_HOOK_NAME
 from ..switching import RENDER, SKETCH
@@ -325,6 +326,7 @@ def _restack_over_group_offloading(session: Session, registry: HookRegistry, rou
     registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
     if GUARD_HOOK_NAME in registry.hooks:
         registry.remove_hook(GUARD_HOOK_NAME, recurse=False)
+    attachments.claim_hook(session.sketcher, GUARD_HOOK_NAME)  # copies of the sketcher leave it behind
     registry.register_hook(_RouterGuard(), GUARD_HOOK_NAME)
     registry.register_hook(router, ROUTER_HOOK_NAME)
     _state(session).router_forward = session.sketcher.__dict__["forward"]
@@ -352,4 +354,5 @@ def _remove_guard(session: Session) -> None:
     router = registry.get_hook(ROUTER_HOOK_NAME)
     registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)  # on top: `forward` becomes the guard's wrapper
     registry.remove_hook(GUARD_HOOK_NAME, recurse=False)  # now on top: `forward` becomes what it wrapped
+    attachments.release_hook(session.sketcher, GUARD_HOOK_NAME)
     registry.register_hook(router, ROUTER_HOOK_NAME)

@@ -4,7 +4,8 @@ diffusers pipelines create their tqdm bar inside `__call__` through `self.progre
 While SRD is enabled this plugin puts an instance attribute `progress_bar` on the pipeline
 that calls the original and labels the new bar with the current phase ("SRD sketch", then
 "SRD render" from the switch on). `disable` deletes the attribute again (or puts back one the
-user had set), so the pipeline is exactly as before.
+user had set), so the pipeline is exactly as before. Every pipeline a session serves gets its
+own wrapper (`srd_add_pipeline`); copies of a pipeline get the plain method (`attachments.py`).
 
 Why an instance attribute is safe: `DiffusionPipeline.__setattr__` registers a config entry
 only for names already in both the instance `__dict__` and the config, which `progress_bar`
@@ -21,12 +22,11 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .. import attachments
 from ..hookspecs import hookimpl
 from ..switching import SKETCH
 
 if TYPE_CHECKING:  # pragma: no cover - types only
-    import torch
-
     from ..runtime import Run, Session
 
 STATE_KEY = "progress"
@@ -37,13 +37,12 @@ LABELS = {SKETCH: "SRD sketch", "render": "SRD render"}
 
 
 class _ProgressState:
-    """What the plugin keeps on `session.plugin_state[STATE_KEY]`."""
+    """What the plugin keeps on `session.plugin_state[STATE_KEY]`: the current bar and, per pipeline
+    the session serves, the wrapper installed on it."""
 
-    def __init__(self, wrapper: Any, saved: Any, had_attribute: bool) -> None:
-        self.wrapper = wrapper
-        self.saved = saved
-        self.had_attribute = had_attribute
+    def __init__(self) -> None:
         self.bar: Any = None
+        self.wrappers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def phase_label(phase: str, user_description: str | None = None) -> str:
@@ -83,15 +82,14 @@ def _labelled_config(pipe: Any, phase: str) -> Iterator[None]:
             pipe.__dict__[CONFIG_ATTRIBUTE] = saved
 
 
-def install(session: Session) -> None:
-    """Wrap `session.pipe.progress_bar` on the instance (idempotent per session)."""
-    pipe = session.pipe
-    if pipe is None or STATE_KEY in session.plugin_state or not callable(getattr(pipe, ATTRIBUTE, None)):
+def install(session: Session, pipe: Any) -> None:
+    """Wrap `pipe.progress_bar` on the instance (idempotent per session and pipeline)."""
+    state: _ProgressState = session.plugin_state.setdefault(STATE_KEY, _ProgressState())
+    if pipe in state.wrappers or not callable(getattr(pipe, ATTRIBUTE, None)):
         return
     had_attribute = ATTRIBUTE in pipe.__dict__
-    saved = pipe.__dict__.get(ATTRIBUTE)
     pipe_ref = weakref.ref(pipe)
-    original = saved if had_attribute else getattr(type(pipe), ATTRIBUTE)
+    original = pipe.__dict__[ATTRIBUTE] if had_attribute else getattr(type(pipe), ATTRIBUTE)
 
     @functools.wraps(original)
     def progress_bar(*args: Any, **kwargs: Any) -> Any:
@@ -102,38 +100,28 @@ def install(session: Session) -> None:
         state.bar = bar
         return bar
 
-    state = _ProgressState(progress_bar, saved, had_attribute)
-    session.plugin_state[STATE_KEY] = state
-    object.__setattr__(pipe, ATTRIBUTE, progress_bar)
+    state.wrappers[pipe] = progress_bar
+    # an attachment: copies and pickles of the pipeline get the plain `progress_bar` (attachments.py)
+    attachments.attach_attribute(pipe, ATTRIBUTE, progress_bar)
 
 
-def uninstall(session: Session) -> None:
-    """Put the pipeline's `progress_bar` back exactly as it was."""
-    state: _ProgressState | None = session.plugin_state.pop(STATE_KEY, None)
-    pipe = session.pipe
-    if state is None or pipe is None:
-        return
-    if pipe.__dict__.get(ATTRIBUTE) is not state.wrapper:
-        return  # someone replaced our wrapper after us; leave their attribute alone
-    if state.had_attribute:
-        object.__setattr__(pipe, ATTRIBUTE, state.saved)
-    else:
-        del pipe.__dict__[ATTRIBUTE]
+def uninstall(session: Session, pipe: Any) -> None:
+    """Put the pipeline's `progress_bar` back exactly as it was (unless someone replaced our wrapper)."""
+    state: _ProgressState | None = session.plugin_state.get(STATE_KEY)
+    wrapper = state.wrappers.pop(pipe, None) if state is not None else None
+    if wrapper is not None:
+        attachments.detach_attribute(pipe, ATTRIBUTE, wrapper)
 
 
 # -- hooks -----------------------------------------------------------------------------------
-# The sketcher's prepare / restore are the session's first and last model hooks, so they bound
-# the pipeline-level wrapper too (hookspecs.py has no pipeline-level install hook).
 @hookimpl
-def srd_prepare_model(session: Session, role: str, model: torch.nn.Module) -> None:
-    if role == SKETCH:
-        install(session)
+def srd_add_pipeline(session: Session, pipe: Any) -> None:
+    install(session, pipe)
 
 
 @hookimpl
-def srd_restore_model(session: Session, role: str, model: torch.nn.Module) -> None:
-    if role == SKETCH:
-        uninstall(session)
+def srd_remove_pipeline(session: Session, pipe: Any) -> None:
+    uninstall(session, pipe)
 
 
 @hookimpl
