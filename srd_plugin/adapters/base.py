@@ -68,9 +68,9 @@ class Adapter:
         path = os.fspath(source)
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, "model_index.json")):
-                return cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+                return cls.from_pretrained(path, subfolder="transformer", dtype=dtype)
             if os.path.isfile(os.path.join(path, "config.json")):
-                return cls.from_pretrained(path, torch_dtype=dtype)
+                return cls.from_pretrained(path, dtype=dtype)
             raise ValueError(
                 f"renderer folder {path!r} holds neither model_index.json (a pipeline) nor config.json "
                 "(a transformer); point to the renderer pipeline folder or its transformer subfolder"
@@ -81,7 +81,7 @@ class Adapter:
                 "such as 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a loaded transformer module"
             )
         try:
-            return cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+            return cls.from_pretrained(path, subfolder="transformer", dtype=dtype)
         except OSError as error:
             raise ValueError(
                 f"could not load the renderer {path!r} from the hub ({error}); download it first and pass the "
