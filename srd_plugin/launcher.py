@@ -32,6 +32,12 @@ any class is touched. They are removed when the program ends (also on an excepti
 `sys.exit`), and a wrapper that the program itself replaced in the meantime is left alone
 (ours then does nothing). An unsupported pipeline built directly from components (not via
 `from_pretrained`) is not seen, so it runs untouched without the warning.
+
+Everything the launcher runs on the program's behalf (reading the settings, which imports a
+renderer factory's module; installing the wrappers; building the renderer and `enable` after
+each pipeline, refused ones included) runs under `random_state.preserved_random_state`: the
+program's global torch, numpy and `random` streams are afterwards exactly as the plain program
+would have them, so a program that samples without a `generator` draws the same noise.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .random_state import preserved_random_state
 from .settings import Settings, load_settings
 
 USAGE = "usage: srd-run [--config FILE] [--] (python SCRIPT.py | python -m MODULE | SCRIPT.py) [ARGS...]"
@@ -200,7 +207,8 @@ class PipelineWatcher:
 
         name = type(pipe).__name__
         try:
-            apply_settings(pipe, self.settings)
+            with preserved_random_state():  # the renderer factory draws from the program's streams
+                apply_settings(pipe, self.settings)
         except UnsupportedPipelineError as error:
             self.log(f"warning: {name} is not supported, left untouched ({_one_line(error)})")
             return
@@ -238,7 +246,8 @@ def watching(settings: Settings, log: Callable[[str], None] = report) -> Iterato
     """Enable SRD on every pipeline built inside the block; everything is restored after it."""
     watcher = PipelineWatcher(settings, log)
     try:
-        watcher.install()
+        with preserved_random_state():  # importing plugins runs their module code
+            watcher.install()
         yield watcher
     finally:
         watcher.uninstall()
@@ -257,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config_file, program = parse_arguments(argv)
-        settings = load_settings(config_file, default_enabled=True)
+        with preserved_random_state():  # a renderer factory's module is imported to check it
+            settings = load_settings(config_file, default_enabled=True)
     except ValueError as error:
         report(f"error: {error}\n{USAGE}")
         return 2
