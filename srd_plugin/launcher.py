@@ -6,11 +6,14 @@
 
 The program runs in this process (`runpy`, as `python` would run it: `__name__ ==
 "__main__"`, `sys.argv`, `sys.path[0]`). Settings come from `srd_plugin.settings`: `--config`
-(else `SRD_CONFIG`) names the file, `SRD_*` variables override it; SRD is on unless the
-`enable` key or `SRD_ENABLE` turns it off, and then the program runs with nothing installed at
-all, so its outputs are bit for bit those of the plain program. Each pipeline SRD is enabled
-on gets one line on stderr (class, renderer, policy); a pipeline no adapter supports, or one
-`enable` refuses, is left untouched with a one-line warning and the program goes on.
+(else `SRD_CONFIG`) names the file, `SRD_*` variables override it; a `renderer =
+"module:function"` factory is imported as the program's own `import` would find it (the
+script's folder first, or the current one for `-m`), and also from the folder of the config
+file that names it. SRD is on unless the `enable` key or `SRD_ENABLE` turns it off, and then
+the program runs with nothing installed at all, so its outputs are bit for bit those of the
+plain program. Each pipeline SRD is enabled on gets one line on stderr (class, renderer,
+policy); a pipeline no adapter supports, or one `enable` refuses, is left untouched with a
+one-line warning and the program goes on.
 
 How pipelines are found, and why this way. The program cannot be edited, and Python looks
 `__init__` and `__call__` up on the class, so no per-instance mechanism sees a pipeline being
@@ -117,17 +120,23 @@ def parse_command(command: list[str]) -> Program:
     return Program(script=head, module=None, args=rest)
 
 
+def program_folder(program: Program) -> str:
+    """The folder `python` puts first on `sys.path` for this program: the script's, else (`-m`) the current one."""
+    if program.script is not None:
+        return os.path.dirname(os.path.abspath(program.script))
+    return os.getcwd()
+
+
 def run_program(program: Program) -> None:
     """Run the program as `python` would, in this process; `sys.argv` and `sys.path` are restored after."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     try:
+        sys.path[0] = program_folder(program)
         if program.script is not None:
             sys.argv = [program.script, *program.args]
-            sys.path[0] = os.path.dirname(os.path.abspath(program.script))
             runpy.run_path(program.script, run_name="__main__")
         else:
             sys.argv = [program.module, *program.args]  # run_module puts the module's path here
-            sys.path[0] = os.getcwd()
             runpy.run_module(program.module, run_name="__main__", alter_sys=True)
     finally:
         sys.argv[:], sys.path[:] = saved_argv, saved_path
@@ -267,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_file, program = parse_arguments(argv)
         with preserved_random_state():  # a renderer factory's module is imported to check it
-            settings = load_settings(config_file, default_enabled=True)
+            # the program's folder is not on sys.path yet: the settings look for a factory there first
+            settings = load_settings(config_file, default_enabled=True, program_folder=program_folder(program))
     except ValueError as error:
         report(f"error: {error}\n{USAGE}")
         return 2

@@ -126,6 +126,28 @@ def test_trace_writing_failure_does_not_break_generation(pipe, tmp_path, monkeyp
     assert session_of(pipe) is not None
 
 
+def test_a_factory_module_next_to_the_config_file_is_found(pipe, tmp_path, monkeypatch):
+    """Issue 16, item 6: `renderer = "module:function"` finds the module beside the file naming it."""
+    (tmp_path / "ops").mkdir()
+    (tmp_path / "ops" / "factory_beside_activate_config.py").write_text(
+        "from srd_plugin.testing import tiny_wan_renderer\n\ndef make():\n    return tiny_wan_renderer()\n"
+    )
+    config = tmp_path / "ops" / "srd.toml"
+    config.write_text(
+        '[srd]\nenable = true\nrenderer = "factory_beside_activate_config:make"\nswitch = "step"\nswitch_step = 3\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    try:
+        srd.activate(pipe, config_file=config)
+        activated = generate(pipe)
+    finally:
+        sys.modules.pop("factory_beside_activate_config", None)
+    assert srd.last_trace(pipe).roles == ["sketch"] * 3 + ["render"] * 5
+    srd.disable(pipe)
+    srd.enable(pipe, tiny_wan_renderer(), switch="step", switch_step=3)
+    assert torch.equal(activated, generate(pipe))
+
+
 # -- the program's random streams (issue 16, item 5) ----------------------------------------------
 DRAWING_FACTORY = """
     import random

@@ -278,3 +278,57 @@ def test_sketcher_only_under_srd_run_is_bit_identical_to_the_plain_program(
     assert torch.equal(with_srd["frames"], plain["frames"])
     assert torch.equal(with_srd["torch"], plain["torch"]) and torch.equal(with_srd["numpy"], plain["numpy"])
     assert with_srd["random"] == plain["random"]
+
+
+# -- where a factory module is found (issue 16, item 6) -------------------------------------------
+FACTORY_HOST = """
+    from srd_plugin.testing import tiny_call_kwargs, tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe(**tiny_call_kwargs(2))
+"""
+
+TINY_FACTORY = """
+    from srd_plugin.testing import tiny_wan_renderer
+
+    def make():
+        return tiny_wan_renderer()
+"""
+
+
+def factory_layout(root: Path, module: str, beside: str) -> tuple[Path, Path]:
+    """A program folder and a config folder, apart, with the factory module `beside` one of them (or neither)."""
+    program, config = root / "program", root / "config"
+    program.mkdir()
+    config.mkdir()
+    script = write_script(program, FACTORY_HOST)
+    if beside in ("program", "config"):
+        (root / beside / f"{module}.py").write_text(textwrap.dedent(TINY_FACTORY))
+    config_file = config / "srd.toml"
+    config_file.write_text(f'[srd]\nrenderer = "{module}:make"\nswitch = "step"\nswitch_step = 1\n')
+    return script, config_file
+
+
+@pytest.mark.parametrize("beside", ["program", "config"])
+def test_a_factory_module_next_to_the_script_or_the_config_file_is_found(
+    beside, tmp_path, monkeypatch, capsys, forget_modules
+):
+    module = f"renderers_beside_{beside}"
+    forget_modules.append(module)
+    script, config_file = factory_layout(tmp_path, module, beside)
+    monkeypatch.chdir(tmp_path)  # neither folder is the current one, and PYTHONPATH names neither
+    path_before = sys.path[:]
+    assert launcher.main(["--config", str(config_file), "python", str(script)]) == 0
+    assert f"SRD on WanPipeline #1: renderer {module}:make" in capsys.readouterr().err
+    assert sys.path == path_before
+    assert Path(sys.modules[module].__file__).parent == tmp_path / beside
+
+
+def test_a_factory_module_that_is_nowhere_is_reported_with_where_it_was_looked_for(tmp_path, monkeypatch, capsys):
+    script, config_file = factory_layout(tmp_path, "renderers_nowhere", "neither")
+    monkeypatch.chdir(tmp_path)
+    assert launcher.main(["--config", str(config_file), "python", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config_file}: srd.renderer" in err and "no module 'renderers_nowhere' in" in err
+    assert str(tmp_path / "program") in err and str(tmp_path / "config") in err and "sys.path" in err
