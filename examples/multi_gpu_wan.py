@@ -91,13 +91,11 @@ def load(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any]:
         pipe, renderer = tiny_wan_pair()
     else:
         # diffusers' recommended Wan set-up: the VAE in float32, the rest in bfloat16
-        vae = AutoencoderKLWan.from_pretrained(args.sketcher, subfolder="vae", torch_dtype=torch.float32)
-        pipe = WanPipeline.from_pretrained(args.sketcher, vae=vae, torch_dtype=torch.bfloat16).to(device)
+        vae = AutoencoderKLWan.from_pretrained(args.sketcher, subfolder="vae", dtype=torch.float32)
+        pipe = WanPipeline.from_pretrained(args.sketcher, vae=vae, dtype=torch.bfloat16).to(device)
         flow_shift = args.flow_shift if args.flow_shift is not None else (5.0 if args.height >= 720 else 3.0)
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=flow_shift)
-        renderer = WanTransformer3DModel.from_pretrained(
-            args.renderer, subfolder="transformer", torch_dtype=torch.bfloat16
-        )
+        renderer = WanTransformer3DModel.from_pretrained(args.renderer, subfolder="transformer", dtype=torch.bfloat16)
     if args.attention_backend is not None:  # ring attention needs one that returns the log-sum-exp
         for model in (pipe.transformer, renderer):
             model.set_attention_backend(args.attention_backend)

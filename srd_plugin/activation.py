@@ -6,6 +6,9 @@
 With the flag off, `activate` returns the pipeline untouched, so the host's outputs stay bit
 for bit what they were. Settings come from `srd_plugin.settings` (arguments > environment >
 config file > defaults); every bad value is reported before the pipeline is touched.
+Whatever `activate` does (importing and calling a renderer factory, loading a renderer, `enable`)
+leaves the global torch, numpy and `random` streams as they were (`random_state`), so a program
+that samples without a `generator` draws the same numbers with or without it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 from typing import Any
 
 from .api import enable
+from .random_state import preserved_random_state
 from .runtime import session_of
 from .settings import Settings, load_settings
 from .trace_files import write_traces_to
@@ -31,11 +35,13 @@ def activate(pipe: Any, config_file: str | os.PathLike | None = None, **argument
 
     Raises `ValueError` naming the key and its source for a malformed setting (also when
     the flag is off: a broken setting is reported, not ignored), and what `enable` raises
-    for an unsupported pipeline or an incompatible renderer.
+    for an unsupported pipeline or an incompatible renderer. The global random streams are
+    left as they were, also when it raises.
     """
-    settings = load_settings(config_file, **arguments)
-    if settings.enabled:
-        apply_settings(pipe, settings)
+    with preserved_random_state():
+        settings = load_settings(config_file, **arguments)
+        if settings.enabled:
+            apply_settings(pipe, settings)
     return pipe
 
 

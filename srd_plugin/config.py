@@ -14,14 +14,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# a runtime import (not TYPE_CHECKING): the config readers resolve field types at run time
-from .hooks.teacache import TeaCacheConfig
+# a runtime import (not TYPE_CHECKING): the config readers resolve field types at run time.
+# The class lives in the core so that this module imports no accelerator plugin.
+from .accelerator_configs import TeaCacheConfig
 
 SWITCH_POLICIES = ("adaptive", "step", "ratio", "boundary")
 RENDERER_FAILURE_MODES = ("fallback", "raise")
 RENDERER_DTYPES = ("float32", "float16", "bfloat16")
 ALIGN_MODES = ("auto", "none")
 OFFLOAD_SKETCHER_MODES = ("never", "after_switch")
+#: the public settings of a diffusers ContextParallelConfig (the rest is the device mesh diffusers fills in)
+PARALLEL_CONFIG_FIELDS = (
+    "ulysses_degree",
+    "ring_degree",
+    "convert_to_fp32",
+    "rotate_method",
+    "ulysses_anything",
+    "ring_anything",
+)
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -34,6 +44,14 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def describe_parallel_config(config: Any) -> dict[str, Any]:
+    """The settings of a `ContextParallelConfig` as plain values (for traces and messages); the mesh is left out.
+
+    Here rather than in `parallel/` so that writing a config (every trace does) needs no plugin.
+    """
+    return {"type": type(config).__name__, **{name: getattr(config, name) for name in PARALLEL_CONFIG_FIELDS}}
 
 
 @dataclass(frozen=True)
@@ -218,10 +236,8 @@ class SRDConfig:
         """
         if self.parallel_config is None:
             return dataclasses.asdict(self)
-        from .parallel.context_parallel import describe_config
-
         data = dataclasses.asdict(dataclasses.replace(self, parallel_config=None))
-        data["parallel_config"] = describe_config(self.parallel_config)
+        data["parallel_config"] = describe_parallel_config(self.parallel_config)
         return data
 
     @classmethod

@@ -167,7 +167,7 @@ def load_pipeline(model: str, dtype: torch.dtype, device: str, log: Callable[[st
 
     with announced(log, f"loading the pipeline {model} ({str(dtype).removeprefix('torch.')})"):
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
         except OSError as error:
             raise ValueError(
                 f"could not load the pipeline {model!r}: {error}".splitlines()[0]

@@ -6,11 +6,14 @@
 
 The program runs in this process (`runpy`, as `python` would run it: `__name__ ==
 "__main__"`, `sys.argv`, `sys.path[0]`). Settings come from `srd_plugin.settings`: `--config`
-(else `SRD_CONFIG`) names the file, `SRD_*` variables override it; SRD is on unless the
-`enable` key or `SRD_ENABLE` turns it off, and then the program runs with nothing installed at
-all, so its outputs are bit for bit those of the plain program. Each pipeline SRD is enabled
-on gets one line on stderr (class, renderer, policy); a pipeline no adapter supports, or one
-`enable` refuses, is left untouched with a one-line warning and the program goes on.
+(else `SRD_CONFIG`) names the file, `SRD_*` variables override it; a `renderer =
+"module:function"` factory is imported as the program's own `import` would find it (the
+script's folder first, or the current one for `-m`), and also from the folder of the config
+file that names it. SRD is on unless the `enable` key or `SRD_ENABLE` turns it off, and then
+the program runs with nothing installed at all, so its outputs are bit for bit those of the
+plain program. Each pipeline SRD is enabled on gets one line on stderr (class, renderer,
+policy); a pipeline no adapter supports, or one `enable` refuses, is left untouched with a
+one-line warning and the program goes on.
 
 How pipelines are found, and why this way. The program cannot be edited, and Python looks
 `__init__` and `__call__` up on the class, so no per-instance mechanism sees a pipeline being
@@ -32,6 +35,12 @@ any class is touched. They are removed when the program ends (also on an excepti
 `sys.exit`), and a wrapper that the program itself replaced in the meantime is left alone
 (ours then does nothing). An unsupported pipeline built directly from components (not via
 `from_pretrained`) is not seen, so it runs untouched without the warning.
+
+Everything the launcher runs on the program's behalf (reading the settings, which imports a
+renderer factory's module; installing the wrappers; building the renderer and `enable` after
+each pipeline, refused ones included) runs under `random_state.preserved_random_state`: the
+program's global torch, numpy and `random` streams are afterwards exactly as the plain program
+would have them, so a program that samples without a `generator` draws the same noise.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .random_state import preserved_random_state
 from .settings import Settings, load_settings
 
 USAGE = "usage: srd-run [--config FILE] [--] (python SCRIPT.py | python -m MODULE | SCRIPT.py) [ARGS...]"
@@ -110,17 +120,23 @@ def parse_command(command: list[str]) -> Program:
     return Program(script=head, module=None, args=rest)
 
 
+def program_folder(program: Program) -> str:
+    """The folder `python` puts first on `sys.path` for this program: the script's, else (`-m`) the current one."""
+    if program.script is not None:
+        return os.path.dirname(os.path.abspath(program.script))
+    return os.getcwd()
+
+
 def run_program(program: Program) -> None:
     """Run the program as `python` would, in this process; `sys.argv` and `sys.path` are restored after."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     try:
+        sys.path[0] = program_folder(program)
         if program.script is not None:
             sys.argv = [program.script, *program.args]
-            sys.path[0] = os.path.dirname(os.path.abspath(program.script))
             runpy.run_path(program.script, run_name="__main__")
         else:
             sys.argv = [program.module, *program.args]  # run_module puts the module's path here
-            sys.path[0] = os.getcwd()
             runpy.run_module(program.module, run_name="__main__", alter_sys=True)
     finally:
         sys.argv[:], sys.path[:] = saved_argv, saved_path
@@ -200,7 +216,8 @@ class PipelineWatcher:
 
         name = type(pipe).__name__
         try:
-            apply_settings(pipe, self.settings)
+            with preserved_random_state():  # the renderer factory draws from the program's streams
+                apply_settings(pipe, self.settings)
         except UnsupportedPipelineError as error:
             self.log(f"warning: {name} is not supported, left untouched ({_one_line(error)})")
             return
@@ -238,7 +255,8 @@ def watching(settings: Settings, log: Callable[[str], None] = report) -> Iterato
     """Enable SRD on every pipeline built inside the block; everything is restored after it."""
     watcher = PipelineWatcher(settings, log)
     try:
-        watcher.install()
+        with preserved_random_state():  # importing plugins runs their module code
+            watcher.install()
         yield watcher
     finally:
         watcher.uninstall()
@@ -257,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config_file, program = parse_arguments(argv)
-        settings = load_settings(config_file, default_enabled=True)
+        with preserved_random_state():  # a renderer factory's module is imported to check it
+            # the program's folder is not on sys.path yet: the settings look for a factory there first
+            settings = load_settings(config_file, default_enabled=True, program_folder=program_folder(program))
     except ValueError as error:
         report(f"error: {error}\n{USAGE}")
         return 2

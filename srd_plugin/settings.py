@@ -24,6 +24,7 @@ before any model is touched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -33,7 +34,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,9 @@ class Settings:
     renderer: when enabled, an existing path (made absolute), a hub repo id, a
         "package.module:function" factory (`renderer_is_factory`), or a module given as an
         argument; None when SRD is off.
+    factory_folders: where a factory's module is looked for before the Python path: the
+        program's folder (what `python script.py` puts first on `sys.path`; given by `srd-run`)
+        and, for a factory named in a config file, that file's folder.
     config: the merged `SRDConfig`.
     trace_dir: when enabled, the folder every call's trace JSON is written to (or None).
     origins: where each key that some source set came from.
@@ -93,13 +97,16 @@ class Settings:
     config: SRDConfig
     renderer: Any = None
     renderer_is_factory: bool = False
+    factory_folders: tuple[Path, ...] = ()
     trace_dir: Path | None = None
     origins: Mapping[str, str] = field(default_factory=dict)
 
     def make_renderer(self) -> Any:
         """What to pass to `enable` as the renderer: a fresh module from a factory, else the value."""
         if self.renderer_is_factory:
-            return load_factory(self.renderer, self.origins.get("renderer", "renderer"))()
+            factory = load_factory(self.renderer, self.origins.get("renderer", "renderer"), self.factory_folders)
+            with _importable_from(self.factory_folders):  # the factory may import its neighbours when called
+                return factory()
         return self.renderer
 
     def renderer_label(self) -> str:
@@ -114,6 +121,7 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     default_enabled: bool = False,
+    program_folder: str | os.PathLike | None = None,
     **arguments: Any,
 ) -> Settings:
     """Merge arguments, environment, config file and defaults (in that order) into `Settings`.
@@ -122,7 +130,10 @@ def load_settings(
     `arguments` are `enable`, `renderer`, `trace_dir` and `SRDConfig` fields. `default_enabled`
     is the flag when no source sets it (`activate`: off; `srd-run`: on, running the launcher
     being an opt-in itself). When SRD is enabled the renderer must be set and must exist (a
-    path), look like a hub repo id, or name an importable factory.
+    path), look like a hub repo id, or name an importable factory. A factory's module is looked
+    for in `program_folder` (the folder the program's own imports start from, which `srd-run`
+    passes because it reads the settings before the program runs), then in the folder of the
+    config file that names it, then on `sys.path`.
     """
     environ = os.environ if environ is None else environ
     merged = _merged_layers(SRDConfig, config_file, environ, arguments, use_config_variable=True)
@@ -133,13 +144,14 @@ def load_settings(
     enabled = enable.value if enable is not None else default_enabled
     if not enabled:
         return Settings(enabled=False, config=config, origins=origins)
-    renderer, is_factory = _resolve_renderer(activation.get("renderer"), enable)
+    renderer, is_factory, folders = _resolve_renderer(activation.get("renderer"), enable, program_folder)
     trace_dir = _resolve_path(activation["trace_dir"]) if "trace_dir" in activation else None
     return Settings(
         enabled=True,
         config=config,
         renderer=renderer,
         renderer_is_factory=is_factory,
+        factory_folders=folders,
         trace_dir=trace_dir,
         origins=origins,
     )
@@ -176,12 +188,26 @@ def config_from_env(environ: Mapping[str, str] | None = None, cls: type = SRDCon
     return read_config(cls, environ=os.environ if environ is None else environ, use_config_variable=True)
 
 
-def load_factory(spec: str, origin: str) -> Callable[[], Any]:
-    """Import "package.module:function" and return the function (a ValueError naming `origin` if it cannot)."""
+def load_factory(spec: str, origin: str, folders: Sequence[Path] = ()) -> Callable[[], Any]:
+    """Import "package.module:function" and return the function (a ValueError naming `origin` if it cannot).
+
+    The module is looked for in `folders` first, then on `sys.path`, as the program's own
+    `import` would find a module next to it; `sys.path` is put back afterwards.
+    """
     module_name, _, attribute = spec.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
+        with _importable_from(folders):
+            target: Any = importlib.import_module(module_name)
     except ImportError as error:
+        missing = isinstance(error, ModuleNotFoundError) and error.name is not None
+        if missing and (module_name == error.name or module_name.startswith(f"{error.name}.")):
+            places = ", ".join(repr(str(folder)) for folder in folders)
+            where = f"{places}, then on the Python path (sys.path)" if places else "on the Python path (sys.path)"
+            raise ValueError(
+                f"{origin}: cannot import {module_name!r} for the renderer factory {spec!r}: no module "
+                f"{error.name!r} in {where}; put it next to the program or the config file, or add its "
+                "folder to PYTHONPATH"
+            ) from error
         raise ValueError(
             f"{origin}: cannot import {module_name!r} for the renderer factory {spec!r} ({error})"
         ) from error
@@ -192,6 +218,19 @@ def load_factory(spec: str, origin: str) -> Callable[[], Any]:
     if not callable(target):
         raise ValueError(f"{origin}: the renderer factory {spec!r} is not callable")
     return target
+
+
+@contextlib.contextmanager
+def _importable_from(folders: Sequence[Path]) -> Iterator[None]:
+    """Put `folders` in front of `sys.path` for the block (in order), and take them out again."""
+    entries = [str(folder) for folder in folders]
+    sys.path[:0] = entries
+    try:
+        yield
+    finally:
+        for entry in entries:
+            if entry in sys.path:
+                sys.path.remove(entry)
 
 
 # -- the sources ---------------------------------------------------------------------------
@@ -323,7 +362,9 @@ def _blame(error: Exception, layer: Mapping[str, Given]) -> str:
     return "set by " + "; ".join(origins) if origins else "with the default settings"
 
 
-def _resolve_renderer(given: Given | None, enable: Given | None) -> tuple[Any, bool]:
+def _resolve_renderer(
+    given: Given | None, enable: Given | None, program_folder: str | os.PathLike | None
+) -> tuple[Any, bool, tuple[Path, ...]]:
     if given is None:
         by = f" by {enable.origin}" if enable is not None else ""
         raise ValueError(
@@ -332,16 +373,18 @@ def _resolve_renderer(given: Given | None, enable: Given | None) -> tuple[Any, b
         )
     value = given.value
     if not isinstance(value, (str, os.PathLike)):
-        return value, False  # a module passed as an argument; `enable` checks it
+        return value, False, ()  # a module passed as an argument; `enable` checks it
     text = os.path.expanduser(os.fspath(value))
     path = _resolve_path(Given(text, given.origin, given.base))
     if path.exists():
-        return str(path), False
+        return str(path), False, ()
     if RENDERER_FACTORY.fullmatch(text):
-        load_factory(text, given.origin)
-        return text, True
+        candidates = [Path(program_folder).absolute() if program_folder is not None else None, given.base]
+        folders = tuple(dict.fromkeys(folder for folder in candidates if folder is not None))
+        load_factory(text, given.origin, folders)
+        return text, True, folders
     if _REPO_ID.match(text) and not text.startswith("."):
-        return text, False  # a hub repo id: loaded (or refused) by `enable`
+        return text, False, ()  # a hub repo id: loaded (or refused) by `enable`
     where = " (a relative path in a config file is relative to the file's folder)" if given.base else ""
     raise ValueError(
         f"{given.origin}: renderer path {str(path)!r} does not exist{where}; give an existing folder (a "

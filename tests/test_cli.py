@@ -142,7 +142,7 @@ def reference_trace(pipeline_dir, renderer_dir, steps: int, **config) -> RunTrac
     """The same generation through the Python API: the oracle for what the CLI must do."""
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(pipeline_dir, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     srd.enable(pipe, str(renderer_dir), **config)
     pipe(

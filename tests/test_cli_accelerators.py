@@ -68,7 +68,7 @@ def api_trace(folders, family, **config):
     """The oracle: the same generation through the API (latents only; TeaCache and SageAttention
     decide on the model calls, which the output type does not change)."""
     model, renderer = folders[family]
-    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the CLI run shows them; here they would only fill pytest's summary

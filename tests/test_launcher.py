@@ -199,3 +199,136 @@ def test_bad_settings_exit_2_naming_the_key(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SRD_THRESHOLD", "high")
     assert launcher.main(["--config", str(CONFIG), "python", str(ROOT / HOST)]) == 2
     assert "SRD_THRESHOLD='high': expected a number" in capsys.readouterr().err
+
+
+# -- the program's random streams (issue 16, item 5) ----------------------------------------------
+RANDOM_HOST = """
+    import random
+    import sys
+
+    import numpy as np
+    import torch
+    from diffusers import WanPipeline
+    from srd_plugin.testing import tiny_call_kwargs, tiny_wan_pipeline, tiny_wan_transformer
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    pipe = tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    # refused by the Wan adapter (two experts), after srd-run has built a renderer for it
+    WanPipeline(**{**pipe.components, "transformer_2": tiny_wan_transformer()}, boundary_ratio=0.5)
+    kwargs = tiny_call_kwargs(4)
+    if sys.argv[2] == "global":
+        kwargs["generator"] = None  # the starting noise comes from the global torch stream
+    frames = pipe(**kwargs).frames
+    after = {"torch": torch.rand(3), "numpy": torch.from_numpy(np.random.rand(3)), "random": random.random()}
+    torch.save({"frames": frames, **after}, sys.argv[1])
+"""
+
+#: a renderer factory that draws from every global stream, at import and when called
+DRAWING_FACTORY = """
+    import random
+
+    import numpy as np
+    import torch
+    from srd_plugin.testing import tiny_wan_renderer
+
+    random.random(), np.random.rand(), torch.rand(1)
+
+    def make():
+        random.random(), np.random.rand(), torch.rand(1)
+        return tiny_wan_renderer()
+"""
+
+
+@pytest.fixture
+def forget_modules():
+    """Modules a test writes are imported by name: drop them from `sys.modules` afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("noise", ["generator", "global"])
+def test_sketcher_only_under_srd_run_is_bit_identical_to_the_plain_program(
+    noise, tmp_path, monkeypatch, capsys, forget_modules
+):
+    """switch_step = N runs the sketcher alone: the program, its outputs and its later draws are the plain ones,
+    although srd-run imported a factory and built two renderers (one for a pipeline it then refused)."""
+    script = write_script(tmp_path, RANDOM_HOST)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "drawing_renderers.py").write_text(textwrap.dedent(DRAWING_FACTORY))
+    forget_modules.append("drawing_renderers")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    launcher.run_program(launcher.Program(str(script), None, [str(tmp_path / "plain.pt"), noise]))
+
+    monkeypatch.setenv("SRD_RENDERER", "drawing_renderers:make")
+    monkeypatch.setenv("SRD_SWITCH", "step")
+    monkeypatch.setenv("SRD_SWITCH_STEP", "4")
+    monkeypatch.setenv("SRD_TRACE_DIR", str(tmp_path / "traces"))
+    assert launcher.main(["python", str(script), str(tmp_path / "srd.pt"), noise]) == 0
+    err = capsys.readouterr().err
+    assert "SRD on WanPipeline #1" in err and "warning: WanPipeline is not supported" in err
+    [trace_file] = (tmp_path / "traces").glob("*.json")
+    assert srd.RunTrace.load(trace_file).roles == ["sketch"] * 4
+
+    plain, with_srd = torch.load(tmp_path / "plain.pt"), torch.load(tmp_path / "srd.pt")
+    assert torch.equal(with_srd["frames"], plain["frames"])
+    assert torch.equal(with_srd["torch"], plain["torch"]) and torch.equal(with_srd["numpy"], plain["numpy"])
+    assert with_srd["random"] == plain["random"]
+
+
+# -- where a factory module is found (issue 16, item 6) -------------------------------------------
+FACTORY_HOST = """
+    from srd_plugin.testing import tiny_call_kwargs, tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe(**tiny_call_kwargs(2))
+"""
+
+TINY_FACTORY = """
+    from srd_plugin.testing import tiny_wan_renderer
+
+    def make():
+        return tiny_wan_renderer()
+"""
+
+
+def factory_layout(root: Path, module: str, beside: str) -> tuple[Path, Path]:
+    """A program folder and a config folder, apart, with the factory module `beside` one of them (or neither)."""
+    program, config = root / "program", root / "config"
+    program.mkdir()
+    config.mkdir()
+    script = write_script(program, FACTORY_HOST)
+    if beside in ("program", "config"):
+        (root / beside / f"{module}.py").write_text(textwrap.dedent(TINY_FACTORY))
+    config_file = config / "srd.toml"
+    config_file.write_text(f'[srd]\nrenderer = "{module}:make"\nswitch = "step"\nswitch_step = 1\n')
+    return script, config_file
+
+
+@pytest.mark.parametrize("beside", ["program", "config"])
+def test_a_factory_module_next_to_the_script_or_the_config_file_is_found(
+    beside, tmp_path, monkeypatch, capsys, forget_modules
+):
+    module = f"renderers_beside_{beside}"
+    forget_modules.append(module)
+    script, config_file = factory_layout(tmp_path, module, beside)
+    monkeypatch.chdir(tmp_path)  # neither folder is the current one, and PYTHONPATH names neither
+    path_before = sys.path[:]
+    assert launcher.main(["--config", str(config_file), "python", str(script)]) == 0
+    assert f"SRD on WanPipeline #1: renderer {module}:make" in capsys.readouterr().err
+    assert sys.path == path_before
+    assert Path(sys.modules[module].__file__).parent == tmp_path / beside
+
+
+def test_a_factory_module_that_is_nowhere_is_reported_with_where_it_was_looked_for(tmp_path, monkeypatch, capsys):
+    script, config_file = factory_layout(tmp_path, "renderers_nowhere", "neither")
+    monkeypatch.chdir(tmp_path)
+    assert launcher.main(["--config", str(config_file), "python", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config_file}: srd.renderer" in err and "no module 'renderers_nowhere' in" in err
+    assert str(tmp_path / "program") in err and str(tmp_path / "config") in err and "sys.path" in err

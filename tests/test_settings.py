@@ -7,18 +7,21 @@ variable name, or argument), raised before anything is touched.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from srd_plugin import SRDConfig
 from srd_plugin.config import RENDERER_DTYPES, RENDERER_FAILURE_MODES, SWITCH_POLICIES
 from srd_plugin.settings import field_hints, load_settings, read_config
+from srd_plugin.testing import tiny_wan_renderer
 
 FACTORY = "srd_plugin.testing:tiny_wan_renderer"
 SCRATCH = Path(tempfile.mkdtemp(prefix="srd-settings-"))  # hypothesis examples reuse one folder
@@ -196,6 +199,49 @@ def test_renderer_forms(tmp_path):
     assert factory.make_renderer() is not factory.make_renderer()  # a fresh module per pipeline
 
 
+NEIGHBOURLY_FACTORY = """
+from srd_plugin.testing import tiny_wan_renderer
+
+
+def make():
+    from {helper} import SEED  # a neighbour imported only when the factory is called
+
+    return tiny_wan_renderer(seed=SEED)
+"""
+
+
+def write_factory(folder: Path, module: str) -> str:
+    """A factory module and the helper module it imports when called, side by side in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(NEIGHBOURLY_FACTORY.format(helper=f"{module}_helper"))
+    (folder / f"{module}_helper.py").write_text("SEED = 3\n")
+    return f"{module}:make"
+
+
+@pytest.fixture
+def forget_factory_modules():
+    yield
+    for name in [name for name in sys.modules if name.startswith("factory_beside_")]:
+        del sys.modules[name]
+
+
+def test_a_factory_module_is_found_next_to_the_program_or_the_config_file(tmp_path, forget_factory_modules):
+    path_before = sys.path[:]
+    spec = write_factory(tmp_path / "config", "factory_beside_config")
+    config = write_toml({"enable": True, "renderer": spec}, folder=tmp_path / "config")
+    from_file = load_settings(config, environ={})
+    assert from_file.renderer_is_factory and from_file.factory_folders == (tmp_path / "config",)
+    made = from_file.make_renderer()  # its helper, imported at this call, comes from the same folder
+    assert torch.equal(next(made.parameters()), next(tiny_wan_renderer(seed=3).parameters()))
+
+    spec = write_factory(tmp_path / "program", "factory_beside_program")
+    environ = {"SRD_ENABLE": "1", "SRD_RENDERER": spec}
+    from_program = load_settings(environ=environ, program_folder=tmp_path / "program")
+    assert from_program.factory_folders == (tmp_path / "program",)
+    assert type(from_program.make_renderer()).__name__ == "WanTransformer3DModel"
+    assert sys.path == path_before
+
+
 # -- errors: file ------------------------------------------------------------------------------
 def check_error(call, *words):
     with pytest.raises(ValueError) as info:
@@ -265,7 +311,17 @@ def test_environment_errors(tmp_path):
     check_error(load(SRD_ENABLE="1"), "enabled by SRD_ENABLE", "no renderer is set", "SRD_RENDERER")
     absent = str(tmp_path / "absent")
     check_error(load(SRD_ENABLE="1", SRD_RENDERER=absent), "SRD_RENDERER", absent, "does not exist")
-    check_error(load(SRD_ENABLE="1", SRD_RENDERER="no_such_module:make"), "SRD_RENDERER", "cannot import")
+    check_error(
+        load(SRD_ENABLE="1", SRD_RENDERER="no_such_module:make"),
+        "SRD_RENDERER",
+        "cannot import 'no_such_module'",
+        "no module 'no_such_module' in",
+        "on the Python path (sys.path)",
+    )
+    check_error(
+        load(SRD_ENABLE="1", SRD_RENDERER="srd_plugin.no_such_module:make"),
+        "no module 'srd_plugin.no_such_module'",
+    )
     check_error(load(SRD_ENABLE="1", SRD_RENDERER="srd_plugin.testing:absent"), "SRD_RENDERER", "has no 'absent'")
     check_error(load(SRD_ENABLE="1", SRD_RENDERER="srd_plugin.testing:VOCABULARY"), "SRD_RENDERER", "not callable")
     # a bad setting is reported even with the flag off

@@ -7,14 +7,16 @@ An adapter answers four questions for the runtime:
     result in the sketcher's parametrization (`render`);
   * what the guided x0 prediction of a step is (`predict_x0`), for the adaptive policy.
 
-Adapters are stateless objects; per-pipeline facts go on the session.
+Adapters are stateless objects; per-pipeline facts go on the session. The contract names the
+session by the `AdapterSession` protocol below, not by the runtime's class, so this module does
+not depend on the runtime (the runtime depends on it).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -22,9 +24,18 @@ from ..parametrization import scheduler_x0, x0_problem
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from ..config import SRDConfig
-    from ..runtime import Session
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class AdapterSession(Protocol):
+    """What the base adapter reads of the session it is handed (`srd_plugin.runtime.Session` is one).
+
+    Concrete adapters may read more of the runtime's session; they live above the core.
+    """
+
+    sketcher_dtype: torch.dtype
+    renderer_dtype: torch.dtype
 
 
 class Adapter:
@@ -59,9 +70,9 @@ class Adapter:
         path = os.fspath(source)
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, "model_index.json")):
-                return cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+                return cls.from_pretrained(path, subfolder="transformer", dtype=dtype)
             if os.path.isfile(os.path.join(path, "config.json")):
-                return cls.from_pretrained(path, torch_dtype=dtype)
+                return cls.from_pretrained(path, dtype=dtype)
             raise ValueError(
                 f"renderer folder {path!r} holds neither model_index.json (a pipeline) nor config.json "
                 "(a transformer); point to the renderer pipeline folder or its transformer subfolder"
@@ -72,7 +83,7 @@ class Adapter:
                 "such as 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a loaded transformer module"
             )
         try:
-            return cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+            return cls.from_pretrained(path, subfolder="transformer", dtype=dtype)
         except OSError as error:
             raise ValueError(
                 f"could not load the renderer {path!r} from the hub ({error}); download it first and pass the "
@@ -83,11 +94,11 @@ class Adapter:
         """Every reason the renderer cannot replace the sketcher, one line each (empty: compatible)."""
         return []
 
-    def prepare_session(self, session: Session) -> None:
+    def prepare_session(self, session: AdapterSession) -> None:
         """Compute per-pipeline facts the adapter needs at render time (called by `enable`)."""
 
     # -- a step --------------------------------------------------------------------------
-    def render(self, session: Session, call: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def render(self, session: AdapterSession, call: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         """Call the renderer in place of the sketcher and return the sketcher's kind of output.
 
         Default: cast floating tensors to the renderer's dtype on the way in and back to

@@ -23,15 +23,7 @@ from typing import Any
 import torch
 from diffusers import ContextParallelConfig
 
-#: public settings of a ContextParallelConfig (the rest is the device mesh diffusers fills in)
-CONFIG_FIELDS = (
-    "ulysses_degree",
-    "ring_degree",
-    "convert_to_fp32",
-    "rotate_method",
-    "ulysses_anything",
-    "ring_anything",
-)
+from ..config import PARALLEL_CONFIG_FIELDS, describe_parallel_config
 
 
 def context_parallel_config(model: torch.nn.Module) -> ContextParallelConfig | None:
@@ -45,11 +37,6 @@ def tensor_parallel_config(model: torch.nn.Module) -> Any:
     return getattr(parallel, "tensor_parallel_config", None)
 
 
-def describe_config(config: ContextParallelConfig) -> dict[str, Any]:
-    """The settings of a config as plain values (for traces and messages); the mesh is left out."""
-    return {"type": type(config).__name__, **{name: getattr(config, name) for name in CONFIG_FIELDS}}
-
-
 def config_text(ulysses_degree: int, ring_degree: int) -> str:
     """How a user writes these degrees: `ContextParallelConfig(ulysses_degree=2, ring_degree=2)`."""
     parts = [f"ulysses_degree={ulysses_degree}"] if ulysses_degree > 1 else []
@@ -58,7 +45,7 @@ def config_text(ulysses_degree: int, ring_degree: int) -> str:
 
 
 def same_degrees(a: ContextParallelConfig, b: ContextParallelConfig) -> bool:
-    return describe_config(a) == describe_config(b)
+    return describe_parallel_config(a) == describe_parallel_config(b)
 
 
 def copy_config(config: ContextParallelConfig, mesh: Any = None) -> ContextParallelConfig:
@@ -68,7 +55,7 @@ def copy_config(config: ContextParallelConfig, mesh: Any = None) -> ContextParal
     the user's object (and the frozen SRDConfig holding it) unchanged, and lets the renderer
     share the sketcher's mesh instead of building a second one.
     """
-    settings = {name: getattr(config, name) for name in CONFIG_FIELDS}
+    settings = {name: getattr(config, name) for name in PARALLEL_CONFIG_FIELDS}
     return ContextParallelConfig(**settings, mesh=mesh if mesh is not None else config.mesh)
 
 

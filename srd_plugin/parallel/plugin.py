@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..config import describe_parallel_config
 from ..hookspecs import hookimpl
 from ..runtime import session_of
 from ..switching import RENDER, SKETCH, Decision
@@ -35,7 +36,6 @@ from .context_parallel import (
     context_parallel_config,
     copy_config,
     degree_problems,
-    describe_config,
     num_heads,
     process_group,
     remove_context_parallel,
@@ -85,8 +85,8 @@ def srd_check_setup(session: Any) -> list[str]:
         return problems
     if renderer_cp is not None and not same_degrees(renderer_cp, config):
         problems.append(
-            f"context parallelism: the renderer already runs with {describe_config(renderer_cp)}, the sketcher with "
-            f"{describe_config(config)}; both models must be split the same way"
+            f"context parallelism: the renderer already runs with {describe_parallel_config(renderer_cp)}, "
+            f"the sketcher with {describe_parallel_config(config)}; both models must be split the same way"
         )
     to_split = [("sketcher", sketcher)] if requested is not None else []
     if not shared and renderer_cp is None:
