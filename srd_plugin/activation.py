@@ -18,9 +18,12 @@ from typing import Any
 
 from .api import enable
 from .random_state import preserved_random_state
-from .runtime import session_of
+from .runtime import _SESSIONS, session_of, sketcher_of
 from .settings import Settings, load_settings
 from .trace_files import write_traces_to
+
+#: `session.plugin_state` key: the settings a session was built from (pipelines sharing it join it)
+SETTINGS_KEY = "srd_plugin.activation"
 
 
 def activate(pipe: Any, config_file: str | os.PathLike | None = None, **arguments: Any) -> Any:
@@ -46,7 +49,11 @@ def activate(pipe: Any, config_file: str | os.PathLike | None = None, **argument
 
 
 def apply_settings(pipe: Any, settings: Settings) -> Any:
-    """Enable SRD on `pipe` as `settings` say (the renderer built fresh from a factory)."""
+    """Enable SRD on `pipe` as `settings` say (the renderer built fresh from a factory).
+
+    A pipeline that shares its sketcher with one these same settings already enabled (`from_pipe`,
+    `Pipeline(**pipe.components)`) joins that setup with its renderer instead of building another.
+    """
     if settings.trace_dir is not None:  # before `enable`, so a bad folder leaves the pipeline untouched
         try:
             settings.trace_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +62,12 @@ def apply_settings(pipe: Any, settings: Settings) -> Any:
             raise ValueError(
                 f"{origin}: cannot create the trace folder {str(settings.trace_dir)!r} ({error})"
             ) from error
-    enable(pipe, settings.make_renderer(), settings.config)
+    shared = _SESSIONS.get(sketcher_of(pipe))
+    if shared is not None and shared.plugin_state.get(SETTINGS_KEY) is settings:
+        enable(pipe, shared.renderer, settings.config)  # the same renderer and settings: joins the setup
+    else:
+        enable(pipe, settings.make_renderer(), settings.config)
+        session_of(pipe).plugin_state[SETTINGS_KEY] = settings
     if settings.trace_dir is not None:
         write_traces_to(session_of(pipe), settings.trace_dir)
     return pipe

@@ -213,6 +213,7 @@ class PipelineWatcher:
     def _enable(self, pipe: Any) -> None:
         from .activation import apply_settings, describe_policy
         from .errors import UnsupportedPipelineError
+        from .runtime import session_of
 
         name = type(pipe).__name__
         try:
@@ -227,9 +228,11 @@ class PipelineWatcher:
             )
             return
         self.count += 1
+        sharing = [p for p in session_of(pipe).pipes if p is not pipe]
+        shared = f"; shares its transformer and scheduler with {_names(sharing)} (one setup)" if sharing else ""
         self.log(
             f"SRD on {name} #{self.count}: renderer {self.settings.renderer_label()}, "
-            f"policy {describe_policy(self.settings)}"
+            f"policy {describe_policy(self.settings)}{shared}"
         )
 
 
@@ -292,3 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _names(pipes: list[Any]) -> str:
+    return ", ".join(type(p).__name__ for p in pipes)

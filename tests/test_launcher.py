@@ -332,3 +332,42 @@ def test_a_factory_module_that_is_nowhere_is_reported_with_where_it_was_looked_f
     err = capsys.readouterr().err
     assert f"{config_file}: srd.renderer" in err and "no module 'renderers_nowhere' in" in err
     assert str(tmp_path / "program") in err and str(tmp_path / "config") in err and "sys.path" in err
+
+
+SHARING_HOST = """
+    import sys
+    import torch
+    from diffusers import WanPipeline
+    import srd_plugin as srd
+    from srd_plugin.testing import tiny_call_kwargs
+
+    pipe = WanPipeline.from_pretrained(sys.argv[1])
+    twins = [pipe, WanPipeline.from_pipe(pipe), WanPipeline(**pipe.components)]
+    outputs = []
+    for p in twins:
+        p.set_progress_bar_config(disable=True)
+        outputs.append(p(**tiny_call_kwargs(6)).frames)
+        outputs.append(torch.tensor(srd.last_trace(p).switch_step))
+    torch.save(outputs, sys.argv[2])
+"""
+
+
+def test_pipelines_sharing_components_under_srd_run_share_one_setup(saved_wan, tmp_path, monkeypatch, capsys):
+    """Seen before: the second pipeline was reported "left untouched" while it rendered through the first's
+    setup. Now every pipeline is reported as it is: on, sharing one setup, and all give the same output."""
+    script = write_script(tmp_path, SHARING_HOST)
+    monkeypatch.setenv("SRD_SWITCH", "step")
+    monkeypatch.setenv("SRD_SWITCH_STEP", "2")
+    assert launcher.main(["--config", str(CONFIG), "python", str(script), str(saved_wan), str(tmp_path / "o.pt")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("srd-run:")]
+    assert len(lines) == 3 and all(f"SRD on WanPipeline #{i}" in line for i, line in enumerate(lines, 1))
+    assert "shares" not in lines[0]
+    assert lines[1].endswith("shares its transformer and scheduler with WanPipeline (one setup)")
+    assert lines[2].endswith("shares its transformer and scheduler with WanPipeline, WanPipeline (one setup)")
+    outputs = torch.load(tmp_path / "o.pt")
+    frames, switches = outputs[0::2], outputs[1::2]
+    assert all(torch.equal(f, frames[0]) for f in frames) and [int(s) for s in switches] == [2, 2, 2]
+    reference = WanPipeline.from_pretrained(saved_wan)
+    reference.set_progress_bar_config(disable=True)
+    srd.enable(reference, tiny_wan_renderer(), switch="step", switch_step=2)
+    assert torch.equal(frames[0], reference(**tiny_call_kwargs(6)).frames)
