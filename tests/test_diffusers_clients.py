@@ -16,9 +16,11 @@ import inspect
 import json
 import os
 import pickle
+import re
 import textwrap
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -624,6 +626,54 @@ def test_diffusers_cache_on_either_model(case, mode, cache, where):
         assert torch.equal(pipe(**case.call_kwargs(CACHE_STEPS)).frames, expected)
 
 
+def pab_counter(model: torch.nn.Module) -> Callable[[], int]:
+    """Reads the iteration counter of the first PyramidAttentionBroadcast hook inside `model`."""
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("pyramid_attention_broadcast") if registry is not None else None
+        if hook is not None:
+            return lambda: hook.state.iteration
+    raise AssertionError("no PyramidAttentionBroadcast hook found")
+
+
+@parametrize_modes
+@parametrize_cases
+def test_hook_counters_count_only_the_steps_of_their_own_model(case, mode):
+    """Why diffusers' own cache tests that read a hook's counter (`state.iteration == i + 1` in a callback)
+    cannot hold under SRD unchanged (docs/accelerators.md): each model's hooks count the calls it served."""
+    steps, k = 4, 2
+
+    def pab(pipe: Any) -> PyramidAttentionBroadcastConfig:
+        return PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(-1, 1001),
+            current_timestep_callback=lambda: pipe.current_timestep,
+        )
+
+    reference = case.build_pipe()
+    reference.transformer.enable_cache(pab(reference))
+    plain_count, plain_counts = pab_counter(reference.transformer), []
+    reference(
+        **case.call_kwargs(steps, callback_on_step_end=lambda p, i, t, kw: plain_counts.append(plain_count()) or kw)
+    )
+    calls = plain_counts[0]  # attention calls per step: 2 for separate CFG calls (Wan), 1 for a batched one
+    assert calls > 0 and plain_counts == [calls * (i + 1) for i in range(steps)]  # what diffusers' tests check
+
+    pipe, renderer = enabled(case, mode, k=k)
+    pipe.transformer.enable_cache(pab(pipe))
+    renderer.enable_cache(pab(pipe))
+    sketcher_count, renderer_count = pab_counter(pipe.transformer), pab_counter(renderer)
+    counts = []
+    record = lambda p, i, t, kw: counts.append((sketcher_count(), renderer_count())) or kw  # noqa: E731
+    for _ in range(2):
+        counts.clear()
+        pipe(**case.call_kwargs(steps, callback_on_step_end=record))
+        assert counts == [(calls * min(i + 1, k), calls * max(0, i + 1 - k)) for i in range(steps)]
+        # after the call diffusers resets its own components (the sketcher); the renderer keeps its count until
+        # SRD resets it at the start of the next call (the second round checks that reset)
+        assert (sketcher_count(), renderer_count()) == (0, calls * (steps - k))
+
+
 # -- x0 from the scheduler's own parametrization (the adaptive policy) ------------------------------
 def reference_x0(scheduler: Any, model_output: torch.Tensor, t: Any, sample: torch.Tensor, index: int) -> torch.Tensor:
     """The x0 the scheduler's parametrization defines for step `index`, written out (unclipped)."""
@@ -697,3 +747,13 @@ def test_adaptive_policy_with_a_plain_ddim_scheduler(case):
     assert trace.roles == ["sketch"] * trace.switch_step + ["render"] * (6 - trace.switch_step)
     assert all(d is not None for d in trace.distances[1 : trace.switch_step])
     assert torch.isfinite(got).all()
+
+
+def test_every_client_test_is_in_the_reliability_table():
+    """docs/reliability.md ("What a diffusers client can rely on") and this module name each other completely."""
+    root = Path(__file__).resolve().parents[1]
+    module = ast.parse(Path(__file__).read_text())
+    defined = {node.name for node in module.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    cited = set(re.findall(r"`test_diffusers_clients\.py::(test_\w+)`", (root / "docs" / "reliability.md").read_text()))
+    assert sorted(defined - cited - {"test_every_client_test_is_in_the_reliability_table"}) == []
+    assert sorted(cited - defined) == []
