@@ -434,7 +434,7 @@ def test_pipelines_sharing_components_join_one_setup(case, mode, how):
     pipe, renderer = enabled(case, mode)
     second = share(how, pipe)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # joining with the same renderer and settings is silent
+        warnings.simplefilter("error", UserWarning)  # joining with the same renderer and settings is silent
         srd.enable(second, renderer, switch="step", switch_step=SWITCH)
     assert srd.is_enabled(pipe) and srd.is_enabled(second)
     expected, plain_output = oracle_frames(case, mode), plain_frames(case)
@@ -444,19 +444,34 @@ def test_pipelines_sharing_components_join_one_setup(case, mode, how):
     assert srd.last_trace(pipe).num_steps == srd.last_trace(second).num_steps == STEPS + 1
 
 
+def scale_weights(_pipe: Any, renderer: torch.nn.Module) -> None:
+    """Another renderer, by weights: every parameter times 1.01."""
+    with torch.no_grad():
+        for parameter in renderer.parameters():
+            parameter.mul_(1.01)
+
+
+@pytest.mark.parametrize("change", ["settings", "renderer"])
 @pytest.mark.parametrize("how", ["from_pipe", "components"])
 @parametrize_modes
 @parametrize_cases
-def test_other_settings_on_shared_components_replace_the_setup_of_both(case, mode, how):
+def test_other_settings_on_shared_components_replace_the_setup_of_both(case, mode, how, change):
     pipe, renderer = enabled(case, mode)
     second = share(how, pipe)
+    if change == "settings":
+        k, new_renderer, expected = 2, renderer, oracle(case, mode, k=2).frames
+    else:
+        k, new_renderer = SWITCH, copy.deepcopy(renderer)
+        scale_weights(pipe, new_renderer)
+        expected = oracle(case, mode, prepare=scale_weights).frames
+        assert not torch.equal(expected, oracle_frames(case, mode))
     with pytest.warns(UserWarning) as caught:
-        srd.enable(second, renderer, switch="step", switch_step=2)
-    assert len(caught) == 1 and type(pipe).__name__ in str(caught[0].message)
+        srd.enable(second, new_renderer, switch="step", switch_step=k)
+    [warning] = [w for w in caught if issubclass(w.category, UserWarning)]  # one warning, naming the pipelines
+    assert type(pipe).__name__ in str(warning.message)
     assert srd.is_enabled(pipe) and srd.is_enabled(second)
-    expected = oracle(case, mode, k=2).frames
     assert torch.equal(pipe(**case.call_kwargs(STEPS)).frames, expected)
-    assert srd.last_trace(pipe).switch_step == 2
+    assert srd.last_trace(pipe).switch_step == k
     assert torch.equal(second(**case.call_kwargs(STEPS)).frames, expected)
 
 
