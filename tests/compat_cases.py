@@ -30,9 +30,11 @@ from diffusers import DDIMScheduler
 
 from srd_plugin.testing import (
     COGVIDEOX_5B_LIKE,
+    cogvideox_2b_alignment,
     make_cogvideox_scheduler,
     make_scheduler,
     tiny_cogvideox_pipeline,
+    tiny_cogvideox_renderer,
     tiny_cogvideox_transformer,
     tiny_wan_pipeline,
     tiny_wan_renderer,
@@ -60,6 +62,9 @@ class CompatCase:
         block_pattern: a regex matching the transformer blocks (for TaylorSeer's identifiers).
         schedulers: schedulers the host pipeline runs with, by name, covering each parametrization it
             accepts ("ddim_epsilon" marks a pipeline that takes diffusers' DDIMScheduler).
+        aligned_renderer: for a family whose real renderer has another parametrization, a fresh such
+            renderer and the `SRDConfig` fields that describe it (the swap oracle cannot express the
+            alignment, so these are checked for consistency with SRD itself); None if not needed.
     """
 
     name: str
@@ -71,6 +76,7 @@ class CompatCase:
     batched_cfg: bool
     block_pattern: str
     schedulers: dict[str, Callable[[], Any]]
+    aligned_renderer: Callable[[], tuple[torch.nn.Module, dict[str, Any]]] | None = None
 
     def call_kwargs(self, steps: int, seed: int = 0, **overrides: Any) -> dict[str, Any]:
         return load_reference(self.call_kwargs_factory)(steps, seed=seed, **overrides)
@@ -139,5 +145,6 @@ CASES = [
             "ddim_v_prediction": lambda: DDIMScheduler(prediction_type="v_prediction", clip_sample=False),
             "unipc_flow": lambda: make_scheduler("unipc"),
         },
+        aligned_renderer=lambda: (tiny_cogvideox_renderer(), cogvideox_2b_alignment()),
     ),
 ]

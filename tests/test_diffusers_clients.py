@@ -689,6 +689,73 @@ def test_hook_counters_count_only_the_steps_of_their_own_model(case, mode):
         assert (sketcher_count(), renderer_count()) == (0, calls * (steps - k))
 
 
+# -- a renderer that needs latent alignment ----------------------------------------------------------
+def _tuple_output(pipe: Any, enable: Callable[[Any], Any], kwargs: dict[str, Any]) -> torch.Tensor:
+    return pipe(**kwargs, return_dict=False)[0]
+
+
+def _attention_slicing(pipe: Any, enable: Callable[[Any], Any], kwargs: dict[str, Any]) -> torch.Tensor:
+    pipe.enable_attention_slicing("max")
+    return pipe(**kwargs).frames
+
+
+def _model_cpu_offload(pipe: Any, enable: Callable[[Any], Any], kwargs: dict[str, Any]) -> torch.Tensor:
+    pipe.enable_model_cpu_offload(device="cpu")
+    return pipe(**kwargs).frames
+
+
+def _recording_callback(pipe: Any, enable: Callable[[Any], Any], kwargs: dict[str, Any]) -> torch.Tensor:
+    seen: list[int] = []
+
+    def record(_pipe: Any, i: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        assert sorted(tensors) == sorted(pipe._callback_tensor_inputs)
+        seen.append(i)
+        return tensors
+
+    names = list(pipe._callback_tensor_inputs)
+    output = pipe(**kwargs, callback_on_step_end=record, callback_on_step_end_tensor_inputs=names).frames
+    assert seen == list(range(STEPS))
+    return output
+
+
+def _from_pipe_after_disable(pipe: Any, enable: Callable[[Any], Any], kwargs: dict[str, Any]) -> torch.Tensor:
+    """A pipeline made by `from_pipe` from a pipeline that is no longer enabled, then enabled itself."""
+    srd.disable(pipe)
+    shared = type(pipe).from_pipe(pipe)
+    shared.set_progress_bar_config(disable=True)
+    return enable(shared)(**kwargs).frames
+
+
+ALIGNED_ACTIONS = {
+    "tuple_output": _tuple_output,
+    "attention_slicing": _attention_slicing,
+    "model_cpu_offload": _model_cpu_offload,
+    "callback_with_tensor_inputs": _recording_callback,
+    "from_pipe_after_disable": _from_pipe_after_disable,
+}
+ALIGNED_CASES = [
+    pytest.param(case, action, id=f"{case.name}-{action}")
+    for case in CASES
+    if case.aligned_renderer is not None
+    for action in ALIGNED_ACTIONS
+]
+
+
+@pytest.mark.parametrize("case, action", ALIGNED_CASES)
+def test_client_settings_with_an_aligned_renderer(case, action):
+    """With a renderer of another parametrization (CogVideoX-2B-like: latents and timesteps aligned per call),
+    settings that leave the arithmetic alone give SRD's own output bit for bit (and not the plain one)."""
+
+    def enable(pipe: Any) -> Any:
+        renderer, fields = case.aligned_renderer()
+        return srd.enable(pipe, renderer, switch="step", switch_step=SWITCH, **fields)
+
+    expected = enable(case.build_pipe())(**case.call_kwargs(STEPS)).frames
+    assert not torch.equal(expected, plain_frames(case))
+    got = ALIGNED_ACTIONS[action](enable(case.build_pipe()), enable, case.call_kwargs(STEPS))
+    assert torch.equal(got, expected)
+
+
 # -- x0 from the scheduler's own parametrization (the adaptive policy) ------------------------------
 def reference_x0(scheduler: Any, model_output: torch.Tensor, t: Any, sample: torch.Tensor, index: int) -> torch.Tensor:
     """The x0 the scheduler's parametrization defines for step `index`, written out (unclipped)."""
