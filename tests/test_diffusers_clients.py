@@ -338,9 +338,8 @@ def test_fused_qkv_projections(case, mode, order):
         fuse(pipe, renderer)
     got = pipe(**case.call_kwargs(STEPS)).frames
     expected = oracle(case, mode, prepare=fuse).frames
-    assert_srd_output(
-        case, mode, got, expected, plain(case, prepare=lambda p: p.transformer.fuse_qkv_projections()).frames
-    )
+    plain_output = plain(case, prepare=lambda p: p.transformer.fuse_qkv_projections()).frames
+    assert_srd_output(mode, got, expected, plain_output)
     pipe.transformer.unfuse_qkv_projections()
     renderer.unfuse_qkv_projections()
     assert torch.equal(pipe(**case.call_kwargs(STEPS)).frames, oracle_frames(case, mode))
