@@ -417,6 +417,18 @@ def test_encode_prompt_works_in_isolation_under_srd_run(case, mode):
         assert srd.last_trace(pipe).roles == ["sketch"] * SWITCH + ["render"] * (STEPS - SWITCH)
 
 
+@parametrize_modes
+@parametrize_cases
+def test_encode_prompt_works_in_isolation_with_the_first_pipeline_enabled(case, mode):
+    """The client enabled one pipeline; pipelines diffusers' test builds from its components (not enabled
+    themselves) run through the same, enabled, components."""
+    first, _ = enabled(case, mode)
+    isolated, full, _ = encode_prompt_works_in_isolation(type(first), first.components, lambda: case.call_kwargs(STEPS))
+    assert torch.equal(isolated, full)
+    assert_srd_output(mode, full, oracle_frames(case, mode), plain_frames(case))
+    assert torch.equal(first(**case.call_kwargs(STEPS)).frames, full)
+
+
 def share(how: str, pipe: Any) -> Any:
     if how == "from_pipe":
         shared = type(pipe).from_pipe(pipe)
