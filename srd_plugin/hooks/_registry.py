@@ -9,6 +9,8 @@ themselves when they were the last ones there.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
@@ -57,3 +59,41 @@ def drop_root_registry_if_empty(module: torch.nn.Module, created: bool) -> None:
     registry.invalidate_child_registries_cache()
     if created and not registry.hooks:
         del module._diffusers_hook
+
+
+def move_hook_to_top(registry: HookRegistry, name: str) -> None:
+    """Make hook `name` the outermost of `registry`'s module, keeping the others' order and state.
+
+    `HookRegistry.remove_hook` cannot do this: removing a hook below one that has its own
+    `new_forward` (FasterCache's denoiser hook) overwrites that hook's forward with the plain
+    one, which silently switches the hook off. Here the chain is relinked instead: each hook
+    records what it calls next (`original_forward` for a `new_forward` hook, else `forward`), and
+    the function registration built for it is what the hook above it calls.
+    """
+    order = list(registry._hook_order)
+    index = order.index(name)
+    if index == len(order) - 1:
+        return
+    refs = list(registry._fn_refs)
+    module = registry._module_ref
+    # what each hook's registration put on the module: the next hook's "previous", or the top's forward
+    built = [_previous(ref) for ref in refs[1:]] + [module.forward]
+    base = _previous(refs[0])
+    new_order = [i for i in range(len(order)) if i != index] + [index]
+    for position, i in enumerate(new_order):
+        _set_previous(refs[i], base if position == 0 else built[new_order[position - 1]])
+    module.forward = built[index]
+    registry._hook_order = [order[i] for i in new_order]
+    registry._fn_refs = [refs[i] for i in new_order]
+    registry.hooks = {order[i]: registry.hooks[order[i]] for i in new_order}
+
+
+def _previous(ref: Any) -> Any:
+    return ref.original_forward if ref.original_forward is not None else ref.forward
+
+
+def _set_previous(ref: Any, forward: Any) -> None:
+    if ref.original_forward is not None:
+        ref.original_forward = forward
+    else:
+        ref.forward = forward

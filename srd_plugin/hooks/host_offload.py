@@ -58,6 +58,7 @@ from .. import attachments
 from ..hookspecs import hookimpl
 from ..runtime import ROUTER_HOOK_NAME
 from ..switching import RENDER, SKETCH
+from . import _registry
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from ..runtime import Run, Session
@@ -311,6 +312,11 @@ def keep_router_on_top(session: Session) -> None:
     names = list(registry.hooks)
     if any(name in GROUP_HOOK_NAMES for name in names):
         _restack_over_group_offloading(session, registry, router)
+    elif names[-1] != ROUTER_HOOK_NAME:
+        # a diffusers hook registered after `enable` (FasterCache's denoiser hook, say) wraps the router:
+        # it would act on the render steps too, so the router goes back on top, the chain relinked
+        _registry.move_hook_to_top(registry, ROUTER_HOOK_NAME)
+        _state(session).router_forward = session.sketcher.__dict__["forward"]
     elif names[-1] == ROUTER_HOOK_NAME and hasattr(session.sketcher, "_hf_hook"):
         # no later diffusers hook wraps the router, but accelerate's offloading hook took `forward`;
         # any other owner of `forward` (cache-dit, say) is left alone for its own checks to report
