@@ -345,13 +345,7 @@ class Session:
             bound = self._step_signature.bind(*args, **kwargs)
             x0 = None
             if run.phase == SKETCH and not run.policy_done and run.policy.needs_x0:
-                x0 = self.adapter.predict_x0(
-                    self.scheduler,
-                    bound.arguments["model_output"],
-                    bound.arguments.get("timestep"),
-                    bound.arguments["sample"],
-                    run.step_index,
-                )
+                x0 = self.adapter.predict_x0_from_step(self.scheduler, bound.arguments, run.step_index)
             result = original_step(*args, **kwargs)
             self._finish_step(run, x0, bound.arguments["sample"])
             return result
