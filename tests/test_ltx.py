@@ -107,6 +107,9 @@ def test_condition_pipeline_with_denoise_strength_runs_the_tail(renderer):
     finally:
         srd.disable(pipe)
     assert torch.equal(actual, expected)
+    trace = srd.last_trace(pipe)  # the run counts the 4 steps the loop ran, not the 8 of the schedule
+    assert trace.completed and trace.num_steps == 4 and trace.roles == ["sketch"] * 2 + ["render"] * 2
+    assert trace.timesteps == [float(t) for t in pipe.scheduler.timesteps[4:]]
 
 
 @pytest.mark.parametrize(
