@@ -1,10 +1,11 @@
 """Accelerators with the LTX-Video, Cosmos Predict2 and Kandinsky 5 pipelines.
 
-TeaCache and SageAttention reproduce per-family code (the modulated input, the attention
-processor) that exists for Wan and CogVideoX only: for these families `enable` refuses them
-before any work, naming the model. diffusers' own caches are stateful hooks keyed by the
-cache context and work on any CacheMixin model: on a renderer they give what a plain pipeline
-around that cached renderer gives.
+TeaCache serves LTX-Video (the official modulated input of the first block; the TeaCache4LTX-Video
+coefficients for the 2B architecture, the identity polynomial with a warning otherwise). Cosmos and
+Kandinsky call cond and uncond without cache contexts, so TeaCache refuses them. SageAttention
+reproduces attention processors of Wan and CogVideoX only: refused for all three. diffusers' own
+caches are stateful hooks keyed by the cache context and work on any CacheMixin model: on a renderer
+they give what a plain pipeline around that cached renderer gives.
 """
 
 from __future__ import annotations
@@ -12,16 +13,26 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import FirstBlockCacheConfig
+from teacache_reference import reference_decisions
 
 import srd_plugin as srd
 from srd_plugin import TeaCacheConfig
+from srd_plugin.hooks.teacache import (
+    IDENTITY,
+    apply_teacache,
+    recognise,
+    remove_teacache,
+    resolve_teacache,
+    srd_teacache_stats,
+    teacache_stats,
+)
 from srd_plugin.testing.cosmos import tiny_cosmos_call_kwargs, tiny_cosmos_pipeline, tiny_cosmos_renderer
 from srd_plugin.testing.kandinsky5 import (
     tiny_kandinsky5_call_kwargs,
     tiny_kandinsky5_pipeline,
     tiny_kandinsky5_renderer,
 )
-from srd_plugin.testing.ltx import tiny_ltx_call_kwargs, tiny_ltx_pipeline, tiny_ltx_renderer
+from srd_plugin.testing.ltx import ltx_transformer_config, tiny_ltx_call_kwargs, tiny_ltx_pipeline, tiny_ltx_renderer
 
 FAMILIES = {
     "ltx": (tiny_ltx_pipeline, tiny_ltx_renderer, tiny_ltx_call_kwargs, "LTXVideoTransformer3DModel"),
@@ -35,7 +46,7 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["cosmos", "kandinsky5"])
 def test_teacache_is_refused_naming_the_model(family):
     build, renderer, _, model = FAMILIES[family]
     pipe = build()
@@ -78,4 +89,83 @@ def test_first_block_cache_on_the_renderer_equals_the_plain_pipeline_around_it(f
     srd.enable(pipe, cached, switch="step", switch_step=0)
     assert torch.equal(pipe(**call(), return_dict=False)[0], expected)
     assert torch.equal(pipe(**call(), return_dict=False)[0], expected)
+    srd.disable(pipe)
+
+
+# -- TeaCache on LTX-Video -----------------------------------------------------------------------
+def test_the_ltx_2b_architecture_gets_the_published_coefficients_and_no_default_threshold():
+    from diffusers import LTXVideoTransformer3DModel
+
+    with torch.device("meta"):
+        real_2b = LTXVideoTransformer3DModel(
+            **ltx_transformer_config(num_layers=28, heads=32, head_dim=64, in_channels=128, out_channels=128)
+        )
+        real_13b = LTXVideoTransformer3DModel(
+            **ltx_transformer_config(num_layers=48, heads=32, head_dim=128, in_channels=128, out_channels=128)
+        )
+    assert recognise(real_2b).name == "LTX-Video-2B"
+    assert recognise(real_2b).coefficients[0] == pytest.approx(21.4700694)
+    assert recognise(real_13b) is None
+    with pytest.raises(ValueError, match="they give none for LTX-Video-2B"):
+        resolve_teacache(real_2b)
+    assert resolve_teacache(real_2b, TeaCacheConfig(threshold=0.05)).coefficients == recognise(real_2b).coefficients
+
+
+def _first_block_inputs(model):
+    """The first block's (hidden_states, temb) of every call: the oracle computes the modulated input from them."""
+    seen = []
+    handle = model.transformer_blocks[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["hidden_states"].clone(), kwargs["temb"].clone())),
+        with_kwargs=True,
+    )
+    return seen, handle
+
+
+def _modulated(block, hidden, temb):
+    """diffusers' LTXVideoTransformerBlock.forward up to its self-attention input, written out."""
+    batch = hidden.size(0)
+    ada = block.scale_shift_table[None, None] + temb.reshape(batch, temb.size(1), 6, -1)
+    shift_msa, scale_msa, *_ = ada.unbind(dim=2)
+    return block.norm1(hidden) * (1 + scale_msa) + shift_msa
+
+
+def test_ltx_teacache_decides_on_the_first_blocks_modulated_input_and_threshold_zero_is_exact():
+    pipe = tiny_ltx_pipeline("t2v")
+    plain = pipe(**tiny_ltx_call_kwargs(), return_dict=False)[0]
+    with pytest.warns(UserWarning, match="identity polynomial"):
+        apply_teacache(pipe.transformer, TeaCacheConfig(threshold=0.0))
+    assert torch.equal(pipe(**tiny_ltx_call_kwargs(), return_dict=False)[0], plain)
+    remove_teacache(pipe.transformer)
+    threshold = 0.3
+    seen, handle = _first_block_inputs(pipe.transformer)
+    with pytest.warns(UserWarning, match="identity polynomial"):
+        apply_teacache(pipe.transformer, TeaCacheConfig(threshold=threshold))
+    cached = pipe(**tiny_ltx_call_kwargs(), return_dict=False)[0]
+    handle.remove()
+    decisions = [computed for _, _, computed in teacache_stats(pipe.transformer).decisions]
+    block = pipe.transformer.transformer_blocks[0]
+    with torch.no_grad():
+        modulated = [_modulated(block, hidden, temb) for hidden, temb in seen]
+    # the first block sees inputs only on computed calls; a skipped call's input is the stack input, recorded too
+    assert len(modulated) == len(decisions) == 6
+    assert decisions == reference_decisions(modulated, IDENTITY, threshold)
+    assert not all(decisions) and not torch.equal(cached, plain)
+    remove_teacache(pipe.transformer)
+    assert torch.equal(pipe(**tiny_ltx_call_kwargs(), return_dict=False)[0], plain)
+
+
+def test_srd_with_teacache_on_both_ltx_models():
+    pipe, renderer = tiny_ltx_pipeline("t2v"), tiny_ltx_renderer()
+    srd.enable(pipe, renderer, switch="step", switch_step=3)
+    alone = pipe(**tiny_ltx_call_kwargs(), return_dict=False)[0]
+    with pytest.warns(UserWarning, match="identity polynomial"):
+        srd.enable(pipe, renderer, switch="step", switch_step=3, teacache=TeaCacheConfig(threshold=0.0))
+    assert torch.equal(pipe(**tiny_ltx_call_kwargs(), return_dict=False)[0], alone)
+    with pytest.warns(UserWarning, match="identity polynomial"):
+        srd.enable(pipe, renderer, switch="step", switch_step=3, teacache=TeaCacheConfig(threshold=0.5))
+    pipe(**tiny_ltx_call_kwargs(), return_dict=False)
+    stats = srd_teacache_stats(pipe)
+    assert stats["sketch"].computed_calls + stats["sketch"].skipped_calls == 3
+    assert stats["render"].computed_calls + stats["render"].skipped_calls == 3
+    assert stats["sketch"].skipped_calls + stats["render"].skipped_calls > 0
     srd.disable(pipe)
