@@ -123,6 +123,13 @@ COSMOS_V2W_14B = dict(
     _COSMOS_COMMON, in_channels=17, num_attention_heads=40, num_layers=36, rope_scale=(20 / 24, 2.0, 2.0)
 )
 COSMOS_V2W_2B = dict(_COSMOS_COMMON, in_channels=17, num_attention_heads=16, num_layers=28, rope_scale=(1.0, 3.0, 3.0))
+_COSMOS25 = dict(use_crossattn_projection=True, crossattn_proj_in_channels=100352, encoder_hidden_states_channels=1024)
+COSMOS25_14B = dict(
+    _COSMOS_COMMON, in_channels=17, num_attention_heads=40, num_layers=36, rope_scale=(1.0, 3.0, 3.0), **_COSMOS25
+)
+COSMOS25_2B = dict(
+    _COSMOS_COMMON, in_channels=17, num_attention_heads=16, num_layers=28, rope_scale=(1.0, 3.0, 3.0), **_COSMOS25
+)
 _COSMOS_TINY = dict(
     _COSMOS_COMMON, attention_head_dim=16, text_embed_dim=32, adaln_lora_dim=8, max_size=(8, 16, 16), out_channels=4
 )
@@ -140,16 +147,19 @@ def _cosmos_inputs(frames: int, height: int, width: int, tokens: int, tiny_frame
     def make(config: dict, tiny: bool, device: torch.device, dtype: torch.dtype) -> dict:
         f, h, w, n = (tiny_frames, 4, 4, 8) if tiny else (frames, height, width, tokens)
         latent = config["out_channels"]
+        text_width = (
+            config["crossattn_proj_in_channels"] if config.get("use_crossattn_projection") else config["text_embed_dim"]
+        )
         inputs = dict(
             hidden_states=_randn((1, latent, f, h, w), device, dtype),
             timestep=torch.full((1, 1, f, 1, 1), 0.5, device=device, dtype=dtype),
-            encoder_hidden_states=_randn((1, n, config["text_embed_dim"]), device, dtype),
+            encoder_hidden_states=_randn((1, n, text_width), device, dtype),
             padding_mask=torch.zeros((1, 1, h, w), device=device, dtype=dtype),
             return_dict=False,
         )
         if config["in_channels"] == latent + 1:  # Video2World: the conditioning-frame mask channel
             inputs["condition_mask"] = torch.zeros((1, 1, f, h, w), device=device, dtype=dtype)
-            inputs["fps"] = 16
+            inputs["fps"] = 16 if not config.get("use_crossattn_projection") else None
         return inputs
 
     return make
@@ -214,6 +224,30 @@ PAIRS: list[PairSpec] = [
         steps=35,
         source=f"{DIFFUSERS_SCRIPTS}/convert_cosmos_to_diffusers.py TRANSFORMER_CONFIGS "
         "(Cosmos-2.0-Diffusion-14B/2B-Video2World); sizes: Cosmos2VideoToWorldPipeline.__call__ defaults",
+        prepare=_cosmos_prepare,
+    ),
+    PairSpec(
+        name="Cosmos Predict2.5 14B -> 2B (704x1280, 93 frames)",
+        model_class="CosmosTransformer3DModel",
+        sketcher=COSMOS25_14B,
+        renderer=COSMOS25_2B,
+        tiny_sketcher=dict(
+            COSMOS_TINY_S,
+            use_crossattn_projection=True,
+            crossattn_proj_in_channels=48,
+            encoder_hidden_states_channels=32,
+        ),
+        tiny_renderer=dict(
+            COSMOS_TINY_R,
+            use_crossattn_projection=True,
+            crossattn_proj_in_channels=48,
+            encoder_hidden_states_channels=32,
+        ),
+        make_inputs=cosmos_v2w_inputs,
+        calls_per_step=2,
+        steps=36,
+        source=f"{DIFFUSERS_SCRIPTS}/convert_cosmos_to_diffusers.py TRANSFORMER_CONFIGS "
+        "(Cosmos-2.5-Predict-Base-14B/2B); sizes: Cosmos2_5_PredictBasePipeline.__call__ defaults (512 text tokens)",
         prepare=_cosmos_prepare,
     ),
 ]

@@ -133,3 +133,50 @@ def test_incompatible_renderers_are_refused_with_every_mismatch_named():
     named = "\n".join(caught.value.mismatches)
     assert "(in_channels)" in named and "(text_embed_dim)" in named and len(caught.value.mismatches) == 2
     assert not srd.is_enabled(pipe)
+
+
+# -- Cosmos Predict2.5 (Text2World) ----------------------------------------------------------------
+def test_predict25_switch_at_k_equals_the_swapped_host_and_x0_is_exact(monkeypatch):
+    from srd_plugin.testing.cosmos import (
+        COSMOS25_PROMPT_DIM,
+        COSMOS_TEXT_DIM,
+        tiny_cosmos25_call_kwargs,
+        tiny_cosmos25_pipeline,
+        tiny_cosmos25_renderer,
+    )
+
+    pipe, renderer = tiny_cosmos25_pipeline(), tiny_cosmos25_renderer()
+    sketcher = pipe.transformer
+    for k in (2, 4):
+
+        def swap(p, i, t, kwargs, k=k):
+            if i == k - 1:
+                p.transformer = renderer
+            return kwargs
+
+        expected = pipe(**tiny_cosmos25_call_kwargs(), callback_on_step_end=swap, return_dict=False)[0]
+        pipe.transformer = sketcher
+        srd.enable(pipe, renderer, switch="step", switch_step=k)
+        try:
+            assert torch.equal(pipe(**tiny_cosmos25_call_kwargs(), return_dict=False)[0], expected)
+        finally:
+            srd.disable(pipe)
+
+    projection = dict(
+        use_crossattn_projection=True,
+        crossattn_proj_in_channels=COSMOS25_PROMPT_DIM,
+        encoder_hidden_states_channels=COSMOS_TEXT_DIM,
+    )
+    target = torch.linspace(-0.8, 0.8, COSMOS_LATENT_CHANNELS).view(-1, 1, 1, 1)
+    oracle = tiny_cosmos25_pipeline(transformer=delta_oracle_cosmos(target, video=True, **projection))
+    seen = []
+    original = type(ADAPTER).predict_x0_from_step
+    monkeypatch.setattr(ADAPTER, "predict_x0_from_step", lambda *a: seen.append(original(ADAPTER, *a)) or seen[-1])
+    srd.enable(oracle, renderer, switch="adaptive", min_sketch_steps=3, max_sketch_steps=4)
+    try:
+        oracle(**tiny_cosmos25_call_kwargs(), return_dict=False)
+    finally:
+        srd.disable(oracle)
+    assert len(seen) >= 3
+    for x0 in seen:
+        torch.testing.assert_close(x0, target.float().expand_as(x0), atol=2e-4, rtol=0)

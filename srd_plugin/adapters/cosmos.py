@@ -1,5 +1,5 @@
-"""Adapter for diffusers' Cosmos Predict2 pipelines (Cosmos2TextToImagePipeline, Cosmos2VideoToWorldPipeline):
-14B sketches, 2B renders.
+"""Adapter for diffusers' Cosmos Predict2 pipelines (Cosmos2TextToImagePipeline, Cosmos2VideoToWorldPipeline)
+and Cosmos Predict2.5 (Cosmos2_5_PredictBasePipeline): 14B sketches, 2B renders.
 
 Both sizes were trained with the same EDM preconditioning, and the pipeline applies it around
 the call, not inside the model: the model gets c_in x at t = sigma / (sigma + 1) and its output
@@ -14,8 +14,13 @@ x0: the scheduler's model_output is (x - D) / sigma with the scheduler's own EDM
 x0 = x - sigma * model_output is D itself (conditioning frames give their conditioning latents),
 which `FlowMatchingAdapter.predict_x0` computes at the scheduler's own index.
 
-The two sizes share the Wan2.1 VAE and the T5-11B encoder (width 1024); a renderer folder with
-another VAE is refused.
+Cosmos Predict2.5 has no preconditioning: the model gets x at t = sigma (UniPC with flow sigmas)
+and its velocity goes to the scheduler (conditioning frames replaced by their exact velocity), so
+x0 = x - sigma v, the same rule. Both of its sizes project stacked Qwen2.5-VL states
+(`use_crossattn_projection`, 100352 -> 1024).
+
+The two sizes share the Wan2.1 VAE and the text encoder (Predict2: T5-11B, width 1024); a renderer
+folder with another VAE is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ COSMOS_MUST_MATCH = {
 
 class CosmosAdapter(FlowMatchingAdapter):
     name = "cosmos"
-    pipeline_classes = ("Cosmos2TextToImagePipeline", "Cosmos2VideoToWorldPipeline")
+    pipeline_classes = ("Cosmos2TextToImagePipeline", "Cosmos2VideoToWorldPipeline", "Cosmos2_5_PredictBasePipeline")
     transformer_class_name = "CosmosTransformer3DModel"
     must_match = COSMOS_MUST_MATCH
     renderer_example = "nvidia/Cosmos-Predict2-2B-Text2Image"

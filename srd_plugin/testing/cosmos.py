@@ -143,7 +143,7 @@ def tiny_cosmos_call_kwargs(
     return kwargs
 
 
-def delta_oracle_cosmos(target: torch.Tensor, video: bool = False, seed: int = 0) -> Any:
+def delta_oracle_cosmos(target: torch.Tensor, video: bool = False, seed: int = 0, **config: Any) -> Any:
     """A Cosmos transformer whose output makes the pipeline's EDM-preconditioned denoiser exactly `target`.
 
     The pipelines call the model on c_in x at t = sigma / (sigma + 1) and form
@@ -151,6 +151,9 @@ def delta_oracle_cosmos(target: torch.Tensor, video: bool = False, seed: int = 0
     D = x* at every sigma (the optimal denoiser for data equal to x*), so the scheduler sees
     (x - x*) / sigma and any correct x0 rule returns x* on every denoised frame. `target`
     broadcasts against [B, C, T, H, W] (a per-channel [C, 1, 1, 1] does).
+
+    Cosmos Predict2.5 calls the model on x itself at t = sigma (flow sigmas) and steps on its
+    velocity F directly: x0 = x - sigma F = x* again.
     """
     from diffusers import CosmosTransformer3DModel
 
@@ -173,6 +176,71 @@ def delta_oracle_cosmos(target: torch.Tensor, video: bool = False, seed: int = 0
             return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
     torch.manual_seed(seed)
-    model = DeltaOracleCosmos(**cosmos_transformer_config(video, num_layers=1)).eval()
+    model = DeltaOracleCosmos(**cosmos_transformer_config(video, **{"num_layers": 1, **config})).eval()
     model.register_buffer("oracle_target", target.double(), persistent=False)
     return model
+
+
+COSMOS25_PROMPT_DIM = 48
+
+
+def tiny_cosmos25_transformer(seed: int = 0, **config: Any) -> Any:
+    """A Cosmos Predict2.5-like transformer: conditioning-mask channel and a text projection
+    (the real one maps stacked Qwen2.5-VL hidden states, 100352 wide, to 1024)."""
+    return tiny_cosmos_transformer(
+        True,
+        seed=seed,
+        **{
+            "use_crossattn_projection": True,
+            "crossattn_proj_in_channels": COSMOS25_PROMPT_DIM,
+            "encoder_hidden_states_channels": COSMOS_TEXT_DIM,
+            **config,
+        },
+    )
+
+
+def tiny_cosmos25_renderer(seed: int = 1, **config: Any) -> Any:
+    """A 2B-like Predict2.5 renderer: one layer, two heads."""
+    return tiny_cosmos25_transformer(seed=seed, **{"num_layers": 1, "heads": 2, **config})
+
+
+def tiny_cosmos25_pipeline(transformer: Any = None, seed: int = 0) -> Any:
+    """An offline Cosmos2_5_PredictBasePipeline with the real scheduler settings (UniPC, flow sigmas,
+    Karras spacing, sigma 0.01..200) and no text encoder: calls pass `prompt_embeds`."""
+    from diffusers import Cosmos2_5_PredictBasePipeline, UniPCMultistepScheduler
+
+    install_torchvision_resize()
+    pipe = Cosmos2_5_PredictBasePipeline(
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_cosmos25_transformer(seed=seed),
+        vae=tiny_cosmos_vae(seed),
+        scheduler=UniPCMultistepScheduler(
+            use_karras_sigmas=True,
+            use_flow_sigmas=True,
+            prediction_type="flow_prediction",
+            sigma_max=200.0,
+            sigma_min=0.01,
+        ),
+        safety_checker=_safety_checker_class()(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_cosmos25_call_kwargs(num_inference_steps: int = COSMOS_STEPS, seed: int = 0, **overrides: Any) -> dict:
+    """Text2World at 32x32, 5 frames, with random prompt embeddings in place of Qwen2.5-VL's."""
+    generator = torch.Generator().manual_seed(seed + 1000)
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=torch.randn((1, COSMOS_TEXT_LENGTH, COSMOS25_PROMPT_DIM), generator=generator),
+        negative_prompt_embeds=torch.randn((1, COSMOS_TEXT_LENGTH, COSMOS25_PROMPT_DIM), generator=generator),
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=7.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
