@@ -81,9 +81,9 @@ def flops_per_call(spec: PairSpec, config: dict, tiny: bool = False) -> float:
     """FLOPs (2 per multiply-add) of ONE call of the model built from `config`, counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    meta = torch.device("meta")
-    model = build_model(spec, config, meta, torch.bfloat16)
-    inputs = spec.make_inputs(config, tiny, meta, torch.bfloat16)
+    meta = torch.device("meta")  # float32: the count does not depend on the dtype, and no module is kept apart
+    model = build_model(spec, config, meta, torch.float32)
+    inputs = spec.make_inputs(config, tiny, meta, torch.float32)
     with FlopCounterMode(display=False) as counter:
         call_model(model, inputs)
     return float(counter.get_total_flops())

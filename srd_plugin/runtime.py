@@ -359,6 +359,8 @@ class Session:
         """A host that runs only the tail of the schedule it set (LTXConditionPipeline's
         `denoise_strength`) starts where the scheduler locates the first timestep: the run, its
         trace and its policy then count only the steps the loop really runs."""
+        if timestep is None or float(torch.as_tensor(timestep).flatten()[0]) == run.trace.timesteps[0]:
+            return  # the loop starts where the schedule starts
         offset = scheduler_index(self.scheduler, timestep, 0)
         if not 0 < offset < run.num_steps:
             return
