@@ -18,8 +18,11 @@ What the host loops do, and why the renderer needs nothing of its own:
   with `denoise_strength` < 1 it runs only the tail of its schedule, which the scheduler's
   own index (not the run's step count) locates.
 
-Only checkpoints sharing the VAE form a pair: LTX-Video 0.9.7/0.9.8 13B with a 2B of the same
-VAE (0.9.5 and later). A renderer given as a pipeline folder with another VAE is refused.
+Only checkpoints sharing the VAE form a pair. diffusers' conversion script
+(scripts/convert_ltx_to_diffusers.py) has one VAE config for 0.9.5 and 0.9.7 (and none of its own
+for 0.9.8), and other ones for 0.9.0 and 0.9.1: so the 0.9.7 / 0.9.8 13B pairs with a 2B of 0.9.5
+or later, never with a 0.9.0 / 0.9.1 2B (equal configs, not checked weights). A renderer given as a
+pipeline folder whose VAE config differs from the host's is refused.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The shapes follow the real pair (LTX-Video 0.9.7 13B: 48 layers, 32 heads x 128;
 32 heads x 64; both 128 latent channels, patch 1x1, caption width 4096, cross-attention width =
 model width) scaled down: the renderer is narrower and shallower, shares latent channels, patch
 sizes and the caption width. The VAE is diffusers' own test miniature of AutoencoderKLLTXVideo
-(8 latent channels, 8x spatial / 8x temporal... here 4x/4x compression with two scaling stages).
+(8 latent channels; two scaling stages, so 4x spatial and 4x temporal compression where the real
+VAE has 32x and 8x).
 """
 
 from __future__ import annotations
