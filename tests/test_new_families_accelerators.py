@@ -169,3 +169,23 @@ def test_srd_with_teacache_on_both_ltx_models():
     assert stats["render"].computed_calls + stats["render"].skipped_calls == 3
     assert stats["sketch"].skipped_calls + stats["render"].skipped_calls > 0
     srd.disable(pipe)
+
+
+# -- context parallelism: checked before any change (the split itself needs several processes) -------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_context_parallelism_is_refused_where_diffusers_has_no_plan(family):
+    from diffusers import ContextParallelConfig
+
+    build, renderer, _, model = FAMILIES[family]
+    pipe = build()
+    with pytest.raises(ValueError) as caught:
+        srd.enable(
+            pipe, renderer(), switch="step", switch_step=2, parallel_config=ContextParallelConfig(ulysses_degree=2)
+        )
+    message = str(caught.value)
+    no_plan = f"the sketcher ({model}) has no context-parallel plan (`_cp_plan`)"
+    if family == "ltx":  # LTX has a plan: only the missing process group stops this single-process call
+        assert no_plan not in message and "context parallelism" in message
+    else:
+        assert no_plan in message and f"the renderer ({model}) has no context-parallel plan" in message
+    assert not srd.is_enabled(pipe)
