@@ -184,7 +184,10 @@ def test_context_parallelism_is_refused_where_diffusers_has_no_plan(family):
         )
     message = str(caught.value)
     no_plan = f"the sketcher ({model}) has no context-parallel plan (`_cp_plan`)"
-    if family == "ltx":  # LTX has a plan: only the missing process group stops this single-process call
+    # LTX has a plan: only the missing process group stops this single-process call. (With two gloo
+    # ranks, diffusers 0.42's own LTX pipeline fails under Ulysses: its attention-mask path does not
+    # follow the head split, "size of tensor a (2) must match ... (4)"; with SRD it fails the same way.)
+    if family == "ltx":
         assert no_plan not in message and "context parallelism" in message
     else:
         assert no_plan in message and f"the renderer ({model}) has no context-parallel plan" in message
