@@ -137,6 +137,18 @@ def call_arguments(pipe: Any, options: GenerateOptions) -> dict[str, Any]:
     return kwargs
 
 
+def first_video(output: Any) -> Any:
+    """The first video of a pipeline's output; an image pipeline's first image (Cosmos Text2Image)
+    as a one-frame video."""
+    frames = getattr(output, "frames", None)
+    if frames is not None:
+        return frames[0]
+    images = getattr(output, "images", None)
+    if images is None:
+        raise ValueError(f"{type(output).__name__} holds neither frames nor images to write")
+    return images[:1]
+
+
 @contextlib.contextmanager
 def announced(log: Callable[[str], None], what: str) -> Iterator[None]:
     """Say what a long set-up step is doing, and how long it took."""
@@ -190,7 +202,7 @@ def run_generate(options: GenerateOptions, config: SRDConfig, log: Callable[[str
             enable(pipe, options.renderer, config)
         log(f"generating: {options.prompt!r}")
         start = time.perf_counter()
-        frames = pipe(**kwargs).frames[0]
+        frames = first_video(pipe(**kwargs))
         seconds = time.perf_counter() - start
     trace = last_trace(pipe)
     video = write_video(frames, options.out, fps=options.fps)

@@ -19,6 +19,9 @@ ENTRY_POINT_GROUP = "srd_plugin"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "srd_plugin.adapters.wan",
     "srd_plugin.adapters.cogvideox",
+    "srd_plugin.adapters.ltx",
+    "srd_plugin.adapters.cosmos",
+    "srd_plugin.adapters.kandinsky5",
     "srd_plugin.trace_files",
     "srd_plugin.parallel.plugin",
     "srd_plugin.hooks.progress",

@@ -94,18 +94,26 @@ def scheduler_x0(scheduler: Any, model_output: torch.Tensor, timestep: Any, samp
     return x0
 
 
-def schedule_index(scheduler: Any, timestep: Any) -> int:
-    """The scheduler's own index of the step about to be taken (see the module docstring)."""
+def schedule_index(scheduler: Any, timestep: Any, fallback: int | None = None) -> int:
+    """The scheduler's own index of the step about to be taken (see the module docstring): its
+    `step_index`, else its `begin_index`, else where `timestep` stands in its table, else `fallback`.
+    Differs from the run's step count when a host runs only the tail of the schedule."""
     index = getattr(scheduler, "step_index", None)
     if index is not None:
         return int(index)
     begin = getattr(scheduler, "begin_index", None)
     if begin is not None:
         return int(begin)
-    if hasattr(scheduler, "index_for_timestep"):
-        return int(scheduler.index_for_timestep(_as_tensor(timestep, scheduler)))
-    timesteps = scheduler.timesteps
-    return int((timesteps.float() - float(_scalar(timestep))).abs().argmin())
+    if timestep is not None:
+        try:
+            if hasattr(scheduler, "index_for_timestep"):
+                return int(scheduler.index_for_timestep(_as_tensor(timestep, scheduler)))
+            return int((scheduler.timesteps.float() - float(_scalar(timestep))).abs().argmin())
+        except (IndexError, RuntimeError, ValueError, AttributeError):
+            pass
+    if fallback is None:
+        raise ValueError(f"cannot locate timestep {timestep!r} in the schedule of {type(scheduler).__name__}")
+    return fallback
 
 
 def _sigma(scheduler: Any, timestep: Any) -> float:

@@ -32,6 +32,7 @@ from . import attachments
 from .adapters.base import Adapter, all_finite, module_device, module_dtype
 from .config import SRDConfig
 from .errors import RendererFailureError
+from .parametrization import schedule_index
 from .switching import RENDER, SKETCH, SwitchPolicy, make_policy
 from .trace import MIXED, RunTrace
 
@@ -439,21 +440,32 @@ class Session:
     def scheduler_step(self, run: Run, original_step: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         try:
             bound = self._step_signature.bind(*args, **kwargs)
+            if run.step_index == 0:
+                self._skip_unrun_head(run, bound.arguments.get("timestep"))
             x0 = None
             if run.phase == SKETCH and not run.policy_done and run.policy.needs_x0:
-                x0 = self.adapter.predict_x0(
-                    run.scheduler,
-                    bound.arguments["model_output"],
-                    bound.arguments.get("timestep"),
-                    bound.arguments["sample"],
-                    run.step_index,
-                )
+                x0 = self.adapter.predict_x0_from_step(run.scheduler, bound.arguments, run.step_index)
             result = original_step(*args, **kwargs)
             self._finish_step(run, x0, bound.arguments["sample"])
             return result
         except BaseException as error:
             self.abort_run(run, error)
             raise
+
+    def _skip_unrun_head(self, run: Run, timestep: Any) -> None:
+        """A host that runs only the tail of the schedule it set (LTXConditionPipeline's
+        `denoise_strength`) starts where the scheduler locates the first timestep: the run, its
+        trace and its policy then count only the steps the loop really runs."""
+        if timestep is None or float(torch.as_tensor(timestep).flatten()[0]) == run.trace.timesteps[0]:
+            return  # the loop starts where the schedule starts
+        offset = schedule_index(run.scheduler, timestep, 0)
+        if not 0 < offset < run.num_steps:
+            return
+        run.num_steps -= offset
+        run.trace.num_steps = run.num_steps
+        run.trace.timesteps = run.trace.timesteps[offset:]
+        run.policy.skip_head(offset)
+        run.trace.events.append(f"the host runs the last {run.num_steps} steps of its schedule (from index {offset})")
 
     def _finish_step(self, run: Run, x0: torch.Tensor | None, sample: torch.Tensor) -> None:
         if isinstance(sample, torch.Tensor) and sample.is_cuda:

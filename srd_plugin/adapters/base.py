@@ -14,12 +14,15 @@ not depend on the runtime (the runtime depends on it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from ..errors import UnsupportedPipelineError
+from ..hookspecs import hookimpl
 from ..parametrization import scheduler_x0, x0_problem
 
 if TYPE_CHECKING:  # pragma: no cover - types only
@@ -119,6 +122,16 @@ class Adapter:
         """
         return scheduler_x0(scheduler, model_output, timestep, sample)
 
+    def predict_x0_from_step(self, scheduler: Any, arguments: dict[str, Any], step_index: int) -> torch.Tensor:
+        """x0 from every argument the host passed to `scheduler.step` (bound by name).
+
+        Default: `predict_x0` on model_output, timestep and sample. Override when the step's
+        other arguments change the parametrization (LTX's `per_token_timesteps`).
+        """
+        return self.predict_x0(
+            scheduler, arguments["model_output"], arguments.get("timestep"), arguments["sample"], step_index
+        )
+
     def scheduler_problem(self, scheduler: Any) -> str | None:
         """Why `predict_x0` cannot serve this scheduler (None if it can)."""
         return x0_problem(scheduler)
@@ -195,3 +208,127 @@ def config_mismatches(sketcher: torch.nn.Module, renderer: torch.nn.Module, keys
 
 def _normalise(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+# -- a declared flow-matching family -----------------------------------------------------
+def _diffusers_classes(names: tuple[str, ...]) -> tuple[type, ...]:
+    import diffusers
+
+    return tuple(cls for cls in (getattr(diffusers, name, None) for name in names) if isinstance(cls, type))
+
+
+class FlowMatchingAdapter(Adapter):
+    """A flow-matching DiT family, declared rather than programmed.
+
+    A subclass states which pipelines it serves, the transformer class, the config entries that
+    must agree between sketcher and renderer, and a renderer to name in errors; it overrides
+    only what its host really does differently (`extra_problems` for rules beyond equal config
+    entries, `render` for per-model inputs, `predict_x0` where the host wraps the model call in a
+    parametrization of its own; x0 otherwise comes from the scheduler's, see `parametrization.py`).
+
+    The adapter object is also its plugin: `srd_get_adapter` and `srd_supported_pipelines` are
+    hook implementations, so a family module ends with
+
+        ADAPTER = MyAdapter()
+        srd_get_adapter = ADAPTER.srd_get_adapter
+        srd_supported_pipelines = ADAPTER.srd_supported_pipelines
+
+    (or registers the instance itself as the entry point).
+    """
+
+    #: the diffusers class every sketcher and renderer of the family is an instance of
+    transformer_class_name: str = ""
+    #: config entries that must agree between sketcher and renderer: key -> what it means
+    must_match: dict[str, str] = {}
+    #: a renderer to suggest when another family's model is passed (a hub repo id)
+    renderer_example: str = ""
+
+    # -- the host ------------------------------------------------------------------------
+    def serves(self, pipe: Any) -> bool:
+        """True for instances of the declared pipeline classes (subclasses included)."""
+        classes = _diffusers_classes(self.pipeline_classes)
+        return bool(classes) and isinstance(pipe, classes)
+
+    def check_pipeline(self, pipe: Any) -> None:
+        if getattr(pipe, "transformer", None) is None:
+            raise UnsupportedPipelineError(pipe, list(self.pipeline_classes), reason="the pipeline has no transformer")
+
+    # -- the renderer --------------------------------------------------------------------
+    def compatibility_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
+        classes = _diffusers_classes((self.transformer_class_name,))
+        if classes and not isinstance(renderer, classes):
+            example = f" (e.g. {self.renderer_example})" if self.renderer_example else ""
+            return [
+                f"model family: the sketcher is a {self.transformer_class_name}, the renderer a "
+                f"{type(renderer).__name__}; pass a {self.transformer_class_name}{example}"
+            ]
+        return config_mismatches(sketcher, renderer, self.must_match) + self.extra_problems(sketcher, renderer)
+
+    def extra_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
+        """Family rules beyond equal config entries (none by default)."""
+        return []
+
+    # -- the plugin ----------------------------------------------------------------------
+    @hookimpl
+    def srd_get_adapter(self, pipe: Any) -> Adapter | None:
+        return self if self.serves(pipe) else None
+
+    @hookimpl
+    def srd_supported_pipelines(self) -> list[str]:
+        return list(self.pipeline_classes)
+
+    @hookimpl
+    def srd_check_setup(self, session: Any) -> list[str] | None:
+        """The renderer's VAE, where its pipeline folder shows it, must be the host's; the alignment
+        fields (for families whose sizes use different latent parametrizations) do not apply."""
+        if session.adapter is not self:
+            return None
+        problems = [
+            f"SRDConfig.{name}={getattr(session.config, name)!r} applies to pairs with different latent "
+            f"parametrizations (CogVideoX); the {self.name} sketcher and renderer share the VAE and the flow "
+            "schedule, so drop it"
+            for name in ("renderer_scaling_factor", "renderer_scheduler_config")
+            if getattr(session.config, name, None) is not None
+        ]
+        return problems + vae_folder_problems(session.pipe, session.renderer_source)
+
+
+#: VAE config entries that do not describe the latent space
+_VAE_BOOKKEEPING = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+
+
+def vae_folder_problems(pipe: Any, source: str | None) -> list[str]:
+    """One line if the renderer's pipeline folder holds a VAE other than the host's (every differing
+    config entry named); nothing when the folder has no VAE or the renderer is not a local folder."""
+    vae = getattr(pipe, "vae", None)
+    if source is None or vae is None or not os.path.isdir(source):
+        return []
+    path = os.path.join(source, "vae", "config.json")
+    if not os.path.isfile(os.path.join(source, "model_index.json")) or not os.path.isfile(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            theirs = json.load(handle)
+    except (OSError, ValueError) as error:
+        return [f"{path}: could not be read as JSON ({error})"]
+    ours = dict(vae.config)
+    differing = []
+    if theirs.get("_class_name") not in (None, type(vae).__name__):
+        differing.append(f"class {theirs.get('_class_name')} vs the host's {type(vae).__name__}")
+    for key in sorted(set(ours) | set(theirs)):
+        if key in _VAE_BOOKKEEPING or key.startswith("_"):
+            continue
+        if key in theirs and key in ours and _normalise_json(theirs[key]) != _normalise_json(ours[key]):
+            differing.append(f"{key}: renderer {theirs[key]!r}, host {ours[key]!r}")
+    if not differing:
+        return []
+    return [
+        f"VAE: the renderer's pipeline folder {source} has another VAE than the host ({'; '.join(differing)}); "
+        "sketcher and renderer must share one latent space, so pair checkpoints that use the same VAE"
+    ]
+
+
+def _normalise_json(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalise_json(v) for v in value)
+    return value

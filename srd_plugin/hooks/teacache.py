@@ -17,6 +17,12 @@ What "modulated input" means follows the official scripts exactly:
     coefficients, and the first 5 steps always computed.
   * CogVideoX (TeaCache4CogVideoX1.5): the timestep embedding `emb` (the output of
     `time_embedding`).
+  * LTX-Video (TeaCache4LTX-Video): the first block's modulated input, norm1(x) * (1 +
+    scale_msa) + shift_msa with its own scale_shift_table and the call's temb, computed from
+    the first block's arguments exactly as the block computes it.
+Not served: Cosmos Predict2 and Kandinsky 5. Their pipelines call the model for the cond and
+uncond branches without cache contexts, so one TeaCache state would compare (and reuse the
+residual of) the other branch's call.
 The first call of each context is always computed, and so is the last step when the number
 of steps is known (the official non-retention modes do the same).
 
@@ -54,6 +60,7 @@ DEFAULT_CONTEXT = "default"
 
 WAN = "wan"
 COGVIDEOX = "cogvideox"
+LTX = "ltx"
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class KnownModel:
     name: str
     family: str
     coefficients: tuple[float, ...]
-    threshold: float
+    threshold: float | None  # None: the authors recommend none; the user sets it
     ret_coefficients: tuple[float, ...] | None = None
     ret_threshold: float | None = None
 
@@ -99,6 +106,14 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
             0.1,
         ),
+        # TeaCache4LTX-Video (ali-vilab/TeaCache), fitted on LTX-Video 0.9.1, whose 2B transformer config
+        # every later 2B shares; no recommended threshold is carried over here
+        KnownModel(
+            "LTX-Video-2B",
+            LTX,
+            (2.14700694e01, -1.28016453e01, 2.31279151e00, 7.92487521e-01, 9.69274326e-03),
+            None,
+        ),
     )
 }
 
@@ -106,13 +121,17 @@ IDENTITY = (1.0, 0.0)
 
 
 def model_family(transformer: torch.nn.Module) -> str | None:
-    """ "wan", "cogvideox", or None for a transformer TeaCache does not know how to hook."""
-    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
+    """ "wan", "cogvideox", "ltx", or None for a transformer TeaCache does not know how to hook."""
+    import diffusers
 
-    if isinstance(transformer, WanTransformer3DModel):
-        return WAN
-    if isinstance(transformer, CogVideoXTransformer3DModel):
-        return COGVIDEOX
+    for family, name in (
+        (WAN, "WanTransformer3DModel"),
+        (COGVIDEOX, "CogVideoXTransformer3DModel"),
+        (LTX, "LTXVideoTransformer3DModel"),
+    ):
+        cls = getattr(diffusers, name, None)
+        if isinstance(cls, type) and isinstance(transformer, cls):
+            return family
     return None
 
 
@@ -141,6 +160,10 @@ def recognise(transformer: torch.nn.Module) -> KnownModel | None:
             (42, 48): KNOWN_MODELS["CogVideoX-5B"],
             (30, 30): KNOWN_MODELS["CogVideoX-2B"],
         }.get((config.num_layers, config.num_attention_heads))
+    if family == LTX:
+        width = config.num_attention_heads * config.attention_head_dim
+        if (config.num_layers, width, config.in_channels) == (28, 2048, 128):
+            return KNOWN_MODELS["LTX-Video-2B"]
     return None
 
 
@@ -152,7 +175,7 @@ class TeaCacheSettings:
     model: str | None
     threshold: float
     coefficients: tuple[float, ...]
-    modulation: str  # "temb" or "timestep_proj" (Wan), "emb" (CogVideoX)
+    modulation: str  # "temb" or "timestep_proj" (Wan), "emb" (CogVideoX), "first_block" (LTX)
     retained_steps: int
     compute_last_step: bool
     warning: str | None = None
@@ -166,7 +189,8 @@ def resolve_teacache(transformer: torch.nn.Module, config: TeaCacheConfig | None
     family = model_family(transformer)
     if family is None:
         raise ValueError(
-            f"TeaCache supports WanTransformer3DModel and CogVideoXTransformer3DModel, not {type(transformer).__name__}"
+            "TeaCache supports WanTransformer3DModel, CogVideoXTransformer3DModel and LTXVideoTransformer3DModel "
+            f"(hosts that keep the cond and uncond calls apart), not {type(transformer).__name__}"
         )
     if config.use_ret_steps and family != WAN:
         raise ValueError("TeaCacheConfig.use_ret_steps is a Wan2.1 variant; CogVideoX has no retention-steps mode")
@@ -183,10 +207,16 @@ def resolve_teacache(transformer: torch.nn.Module, config: TeaCacheConfig | None
             f"{', '.join(KNOWN_MODELS)}; using the identity polynomial, which has not been fitted to it. "
             "Pass TeaCacheConfig(coefficients=...) fitted for this model to silence this warning"
         )
+    recommended = None if known is None else (known.ret_threshold if config.use_ret_steps else known.threshold)
     if config.threshold is not None:
         threshold = float(config.threshold)
+    elif recommended is not None:
+        threshold = recommended
     elif known is not None:
-        threshold = known.ret_threshold if config.use_ret_steps else known.threshold
+        raise ValueError(
+            f"TeaCacheConfig.threshold=None means the TeaCache authors' recommended threshold, and they give none "
+            f"for {known.name}; set TeaCacheConfig(threshold=...) explicitly (srd generate: --teacache THRESHOLD)"
+        )
     else:
         raise ValueError(
             f"TeaCacheConfig.threshold=None means the recommended threshold of a recognised model, and this "
@@ -196,7 +226,7 @@ def resolve_teacache(transformer: torch.nn.Module, config: TeaCacheConfig | None
     if family == WAN:
         modulation = "timestep_proj" if config.use_ret_steps else "temb"
     else:
-        modulation = "emb"
+        modulation = "first_block" if family == LTX else "emb"
     return TeaCacheSettings(
         family=family,
         model=known.name if known else None,
@@ -302,6 +332,8 @@ class TeaCacheModulationHook(ModelHook):
         self.created_root_registry = False
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        if self.settings.modulation == "first_block":  # LTX: the first block decides (see TeaCacheBlockHook)
+            return output
         if self.settings.modulation == "temb":
             modulated = output[0]
         elif self.settings.modulation == "timestep_proj":
@@ -346,14 +378,25 @@ class TeaCacheModulationHook(ModelHook):
 class TeaCacheBlockHook(ModelHook):
     """One transformer block: runs, or on a skipped call stands in for the whole stack."""
 
-    def __init__(self, current: _Current, family: str, is_first: bool, is_last: bool) -> None:
+    def __init__(
+        self,
+        current: _Current,
+        family: str,
+        is_first: bool,
+        is_last: bool,
+        decide: TeaCacheModulationHook | None = None,
+    ) -> None:
         super().__init__()
         self.current = current
         self.with_encoder = family == COGVIDEOX  # CogVideoX blocks return (hidden, encoder_hidden)
         self.is_first = is_first
         self.is_last = is_last
+        #: LTX: the modulation hook whose rule this (first) block applies to its own modulated input
+        self.decide = decide
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.decide is not None:
+            self.decide._decide(ltx_modulated_input(module, args, kwargs))
         state = self.current.state
         if state is None:  # called outside a hooked model call: nothing to decide with
             return self.fn_ref.original_forward(*args, **kwargs)
@@ -379,10 +422,23 @@ class TeaCacheBlockHook(ModelHook):
         return output
 
 
+def ltx_modulated_input(block: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    """What an LTXVideoTransformerBlock feeds its self-attention: norm1(x) * (1 + scale_msa) + shift_msa,
+    written as diffusers 0.42's block computes it (TeaCache4LTX-Video's modulated input)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    temb = args[2] if len(args) > 2 else kwargs["temb"]
+    table = block.scale_shift_table
+    ada = table[None, None].to(temb.device) + temb.reshape(hidden.size(0), temb.size(1), table.shape[0], -1)
+    shift_msa, scale_msa = ada[:, :, 0], ada[:, :, 1]
+    return block.norm1(hidden) * (1 + scale_msa) + shift_msa
+
+
 # -- public API ------------------------------------------------------------------------
 def _parts(transformer: torch.nn.Module, family: str) -> tuple[torch.nn.Module, torch.nn.ModuleList]:
     if family == WAN:
         return transformer.condition_embedder, transformer.blocks
+    if family == LTX:
+        return transformer.time_embed, transformer.transformer_blocks
     return transformer.time_embedding, transformer.transformer_blocks
 
 
@@ -433,7 +489,8 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig | None =
     _registry.register(modulation_module, modulation_hook, MODULATION_HOOK)
     last = len(blocks) - 1
     for index, block in enumerate(blocks):
-        hook = TeaCacheBlockHook(current, settings.family, is_first=index == 0, is_last=index == last)
+        decide = modulation_hook if index == 0 and settings.modulation == "first_block" else None
+        hook = TeaCacheBlockHook(current, settings.family, is_first=index == 0, is_last=index == last, decide=decide)
         _registry.register(block, hook, BLOCK_HOOK)
     _registry.ensure_root_registry(transformer)  # the block registries are new: refresh the context cache
     return settings
