@@ -92,7 +92,8 @@ def run(steps: int, switch_steps: list[int], repeats: int, tiny: bool, stack_k: 
     computed_calls: list[int] = []
     saved_calls: list[int] = []
     timed(pipe, call, 2)  # warm-up (allocator, thread pools)
-    for _ in range(repeats):
+    for round_index in range(repeats):
+        print(f"round {round_index + 1}/{repeats}", file=sys.stderr, flush=True)
         for name, settings in configs:
             if settings is None:
                 srd.disable(pipe)
