@@ -207,3 +207,33 @@ def test_settings_read_the_new_fields(tmp_path):
 def test_trace_fields_survive_json():
     trace = RunTrace(num_steps=4, target_speedup=3.0, predicted_speedup=3.1, achieved_speedup=2.9, speed_basis=FLOPS)
     assert RunTrace.from_json(trace.to_json()) == trace
+
+
+def test_batched_host_counts_the_conditional_half_for_guidance_free_rendering():
+    """CogVideoX: the sketch step is one call on the doubled batch, the guidance-free render step one on half of it."""
+    from srd_plugin.testing import (
+        tiny_cogvideox_call_kwargs,
+        tiny_cogvideox_pipeline,
+        tiny_cogvideox_renderer,
+    )
+
+    pipe, renderer = tiny_cogvideox_pipeline(), tiny_cogvideox_renderer()
+    shapes = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(
+            (tuple(kwargs["hidden_states"].shape), kwargs["encoder_hidden_states"].shape[1])
+        ),
+        with_kwargs=True,
+    )
+    steps = 8
+    srd.enable(pipe, renderer, threshold=1e-9, min_sketch_steps=2, target_speedup=1.5, render_guidance="off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe(**tiny_cogvideox_call_kwargs(steps))
+    trace = srd.last_trace(pipe)
+    (latent, text), half = shapes[0], (1, *shapes[0][0][1:])
+    assert latent[0] == 2
+    ratio = cogvideox_macs(pipe.transformer.config, latent, text) / cogvideox_macs(renderer.config, half, text)
+    assert trace.speed_basis == FLOPS and trace.target_switch_step == latest_switch_step(steps, ratio, 1.5)
+    assert trace.predicted_speedup == pytest.approx(predicted_speedup(steps, trace.switch_step, ratio))
+    assert trace.guidance_calls_saved == steps - trace.switch_step
