@@ -12,7 +12,14 @@ random. It measures:
 * the projected 50-step SRD speedup S(k) = 50 T_s / (k T_s + (50 - k) T_r) at k = 5, 10, 15, 20;
 * a short end-to-end SRD run through the real WanPipeline path with a fixed switch, against
   its prediction k T_s + (N - k) T_r;
-* peak GPU memory of each model's steps.
+* peak GPU memory of each model's steps;
+* stacking (issue 19, section `stacking`, about 3 minutes on an H200: run it alone with
+  `--sections stacking`): Wan2.1 14B -> 1.3B step times with CFG (two calls) and the renderer's
+  conditional call alone (what `render_guidance="off"` leaves), S(10) at N = 50 with the host's
+  guidance and without it in the render phase, and short end-to-end SRD runs through the real
+  WanPipeline (N = 12, switch at 3): SRD alone, + guidance-free rendering, + TeaCache on the
+  renderer with a fixed skip pattern (random weights have no realistic dynamics), each as its
+  speedup over N sketcher steps at the measured sketcher step time, against its prediction.
 
 Timings use CUDA events around each step; every figure is the median of the repeats.
 """
@@ -92,6 +99,8 @@ class Shapes:
     repeats: int
     e2e_steps: int
     e2e_switch: int
+    stack_steps: int = 12
+    stack_switch: int = 3
 
 
 REAL = Shapes(
@@ -115,6 +124,8 @@ TINY = Shapes(
     repeats=2,
     e2e_steps=4,
     e2e_switch=1,
+    stack_steps=6,
+    stack_switch=2,
 )
 
 
@@ -201,13 +212,15 @@ def wan_inputs(shapes: Shapes, device: torch.device, dtype: torch.dtype) -> dict
     )
 
 
-def wan_step(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
-    """One Wan denoising step as WanPipeline runs it: a cond and an uncond call."""
+def wan_step(model: torch.nn.Module, inputs: dict[str, torch.Tensor], guidance: bool = True) -> Callable[[], Any]:
+    """One Wan denoising step as WanPipeline runs it: a cond and an uncond call (the cond call
+    alone with guidance=False: a render step under `render_guidance="off"`)."""
     timestep = torch.tensor([500.0], device=inputs["hidden_states"].device)
+    calls = (("cond", inputs["cond"]), ("uncond", inputs["uncond"])) if guidance else (("cond", inputs["cond"]),)
 
     def step() -> None:
         with torch.no_grad():
-            for context, embeds in (("cond", inputs["cond"]), ("uncond", inputs["uncond"])):
+            for context, embeds in calls:
                 with model.cache_context(context):
                     model(
                         hidden_states=inputs["hidden_states"],
@@ -274,8 +287,8 @@ def timed_against_prediction(pipe, call, label, n, k, step_times, device, result
     return {"e2e_seconds": seconds, "e2e_predicted": predicted, "e2e_roles": trace.roles}
 
 
-def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -> dict[str, Any]:
-    """The real WanPipeline loop (no text encoder or VAE: embeddings in, latents out) with SRD at a fixed switch."""
+def wan_pipeline(sketcher: torch.nn.Module) -> Any:
+    """The real WanPipeline around `sketcher`, without text encoder or VAE (embeddings in, latents out)."""
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
     pipe = WanPipeline(
@@ -283,12 +296,15 @@ def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -
         text_encoder=None,
         vae=None,
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
-        transformer=models["sketch"],
+        transformer=sketcher,
     )
     pipe.set_progress_bar_config(disable=True)
-    srd.enable(pipe, models["render"], switch="step", switch_step=shapes.e2e_switch)
+    return pipe
+
+
+def wan_call(pipe: Any, shapes: Shapes, inputs: dict[str, torch.Tensor], steps: int, device: torch.device) -> Any:
+    """One WanPipeline call with CFG (guidance 5.0) on the benchmark's embeddings, as a thunk."""
     height, width, frames = shapes.wan_video
-    n, k = shapes.e2e_steps, shapes.e2e_switch
 
     def call() -> None:
         pipe(
@@ -297,13 +313,108 @@ def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -
             height=height,
             width=width,
             num_frames=frames,
-            num_inference_steps=n,
+            num_inference_steps=steps,
             guidance_scale=5.0,
             output_type="latent",
             generator=torch.Generator(device).manual_seed(0),
         )
 
+    return call
+
+
+def wan_end_to_end(shapes, device, dtype, models, inputs, step_times, results) -> dict[str, Any]:
+    """The real WanPipeline loop (no text encoder or VAE: embeddings in, latents out) with SRD at a fixed switch."""
+    pipe = wan_pipeline(models["sketch"])
+    srd.enable(pipe, models["render"], switch="step", switch_step=shapes.e2e_switch)
+    n, k = shapes.e2e_steps, shapes.e2e_switch
+    call = wan_call(pipe, shapes, inputs, n, device)
     return timed_against_prediction(pipe, call, "WanPipeline", n, k, step_times, device, results)
+
+
+# -- stacking: guidance-free rendering and TeaCache on the renderer (issue 19) -------------------
+#: TeaCache with a fixed skip pattern: a constant rescale polynomial adds 1 per call, so with
+#: threshold 1.5 every other renderer call is computed (the first and last always are)
+FIXED_SKIPS = dict(threshold=1.5, coefficients=(1.0,))
+
+
+def bench_stacking(shapes: Shapes, device: torch.device, dtype: torch.dtype, results: Results) -> dict[str, Any]:
+    """Wan2.1 14B -> 1.3B: step times with and without the renderer's guidance, S(10) at N = 50 both
+    ways, and end-to-end SRD runs (alone, + guidance-free rendering, + TeaCache) against their predictions."""
+    from diffusers import WanTransformer3DModel
+
+    from srd_plugin import TeaCacheConfig
+    from srd_plugin.hooks.teacache import srd_teacache_stats
+
+    timer = Timer(device)
+    inputs = wan_inputs(shapes, device, dtype)
+    sketcher = build(WanTransformer3DModel, shapes.wan[0], device, dtype)
+    renderer = build(WanTransformer3DModel, shapes.wan[1], device, dtype)
+    steps = {
+        "sketch": median_step(timer, wan_step(sketcher, inputs), shapes.repeats),
+        "render": median_step(timer, wan_step(renderer, inputs), shapes.repeats),
+        "render_cond": median_step(timer, wan_step(renderer, inputs, guidance=False), shapes.repeats),
+    }
+    for name, label in (
+        ("sketch", "14B, CFG (2 calls)"),
+        ("render", "1.3B, CFG (2 calls)"),
+        ("render_cond", "1.3B, cond only (1 call)"),
+    ):
+        results.add(table="stacking: Wan step times", model=label, step_s=steps[name])
+    for guidance, render in (("host", steps["render"]), ("off", steps["render_cond"])):
+        results.add(
+            table="stacking: projected 50-step speedup",
+            render_guidance=guidance,
+            renderer_step_s=render,
+            **{f"S({k})": projected(steps["sketch"], render, k) for k in (5, 8, 10, 15)},
+        )
+    n, k = shapes.stack_steps, shapes.stack_switch
+    pipe = wan_pipeline(sketcher)
+    rows = {}
+    runs = (
+        ("SRD alone", dict(), steps["render"]),
+        ("SRD + guidance-free rendering", dict(render_guidance="off"), steps["render_cond"]),
+        (
+            "SRD + guidance-free + TeaCache on the renderer (fixed skips)",
+            dict(render_guidance="off", teacache_renderer=TeaCacheConfig(**FIXED_SKIPS)),
+            steps["render_cond"],
+        ),
+    )
+    for label, settings, render_step in runs:
+        srd.enable(pipe, renderer, switch="step", switch_step=k, **settings)
+        seconds = timer(wan_call(pipe, shapes, inputs, n, device))  # both models are warm from the step timings
+        trace = srd.last_trace(pipe)
+        computed = n - k
+        stats = srd_teacache_stats(pipe).get("render")
+        if stats is not None:
+            computed = stats.computed_calls
+        srd.disable(pipe)
+        predicted = k * steps["sketch"] + computed * render_step
+        rows[label] = dict(seconds=seconds, predicted=predicted, roles=trace.roles, saved=trace.guidance_calls_saved)
+        results.add(
+            table="stacking: end-to-end SRD through the real WanPipeline",
+            run=label,
+            steps=n,
+            switch_step=trace.switch_step,
+            renderer_calls_computed=computed,
+            seconds=seconds,
+            predicted=predicted,
+            error=seconds / predicted - 1,
+            speedup=n * steps["sketch"] / seconds,
+            ideal_speedup=n * steps["sketch"] / predicted,
+        )
+    free(sketcher, renderer)
+    s10 = projected(steps["sketch"], steps["render_cond"], 10)
+    off = rows["SRD + guidance-free rendering"]
+    error = off["seconds"] / off["predicted"] - 1
+    results.notes.append(
+        f"bar: projected S(10) at N = 50 with render_guidance='off' = {s10:.2f}x "
+        f"({'meets' if s10 >= 3.5 else 'misses'} >= 3.5x)"
+    )
+    results.notes.append(
+        f"bar: end-to-end SRD with render_guidance='off' {error:+.1%} from its prediction "
+        f"({'meets' if abs(error) <= 0.05 else 'misses'} within 5%)"
+    )
+    return {"step_times": steps, "end_to_end": rows, "s10_off": s10}
 
 
 # -- accelerators on one model -------------------------------------------------------------------
@@ -541,7 +652,11 @@ def markdown(results: Results, command: str) -> str:
     return "\n".join(lines)
 
 
-SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {"wan": bench_wan, "cogvideox": bench_cogvideox}
+SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "wan": bench_wan,
+    "cogvideox": bench_cogvideox,
+    "stacking": bench_stacking,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         raw[section] = SECTIONS[section](shapes, device, dtype, results)
         print(f"  ({time.perf_counter() - start:.1f} s)", flush=True)
-    command = "python benchmarks/gpu.py" + (" --tiny" if args.tiny else "")
+    command = "python benchmarks/gpu.py" + (" --tiny" if args.tiny else "") + f" --sections {args.sections}"
     text = markdown(results, command)
     print(text)
     if args.out:

@@ -18,7 +18,10 @@ background noise. Methods:
   its denoising compute equals SRD adaptive's measured mean (it runs in a second pass with a
   second sketcher-only run, the base of that pass's speedups);
 * TeaCache at about the same compute: the sketcher alone with `srd_plugin.hooks.teacache`, its
-  threshold a fixed setting chosen on the validation split (see `teacache_method`).
+  threshold a fixed setting chosen on the validation split (see `teacache_method`);
+* guidance-free rendering (issue 19): SRD adaptive and SRD with the switch at N/4 again with
+  `render_guidance="off"`, beside the same switch with the host's guidance. It adds no setting
+  to choose: the policy settings are those of the rows beside them.
 
 Methods are interleaved per clip, so drift on a shared machine hits all alike. Wall time is
 the whole pipeline call (text encoding and VAE decoding included); "denoise" is the sum of
@@ -108,7 +111,17 @@ def first_pass_methods(steps: int, fixed: list[int], adaptive: dict[str, Any]) -
         Method("SRD adaptive", steps, {"switch": "adaptive", **adaptive}),
     ]
     methods += [Method(f"SRD switch at {k}", steps, {"switch": "step", "switch_step": k}) for k in fixed]
-    return methods
+    return methods + guidance_free_methods(methods[2:], steps)
+
+
+def guidance_free_methods(srd_methods: list[Method], steps: int) -> list[Method]:
+    """SRD adaptive and the switch at N/4 again, rendering without guidance (`render_guidance="off"`)."""
+    keep = {"SRD adaptive", f"SRD switch at {steps // 4}"}
+    return [
+        Method(f"{m.label}, render guidance off", steps, {**m.settings, "render_guidance": "off"})
+        for m in srd_methods
+        if m.label in keep
+    ]
 
 
 def generate(pipe: Any, renderer: Any, method: Method, prompt: dataset.Prompt, seed: int, result: Result) -> None:

@@ -33,6 +33,8 @@ PARALLEL_CONFIG_FIELDS = (
     "ring_anything",
 )
 
+RENDER_GUIDANCE_MODES = ("host", "off")
+
 
 def _fail(field: str, value: Any, allowed: str) -> None:
     raise ValueError(f"SRDConfig.{field}={value!r} is invalid: {allowed}")
@@ -110,6 +112,20 @@ class SRDConfig:
         prefetch_renderer: keep the renderer on the CPU (pinned memory) between calls and copy
             it to the accelerator on a side CUDA stream during the sketch phase, so the switch
             does not wait for the copy; it goes back to the CPU when the call's denoising ends.
+
+    Speed (see docs/architecture.md, "Guidance-free rendering and the speed target"):
+        render_guidance: "host" (default) keeps the host's classifier-free guidance in the
+            render phase (the paper's behaviour); "off" renders the conditional prediction only
+            and the step's guided prediction equals it (guidance matters little at low noise):
+            a two-call host's negative-prompt call is served without running any model, a
+            batched host's renderer runs on the conditional half. The sketch phase keeps the
+            host's guidance; with guidance already off (scale <= 1) nothing changes.
+        target_speedup: None, or the whole-denoising speedup over the sketcher alone the
+            adaptive policy must reach: it still decides, but never later than the last
+            switch step whose predicted speedup is at least this (from the run's measured
+            sketcher steps, the renderer's measured steps of earlier calls, else the adapter's
+            FLOP model). Unreachable even at `min_sketch_steps`: a warning with the best
+            reachable figure, and the switch at `min_sketch_steps`. Only with switch="adaptive".
     """
 
     switch: str = "adaptive"
@@ -131,6 +147,8 @@ class SRDConfig:
     sage_attention: bool = False
     offload_sketcher: str = "never"
     prefetch_renderer: bool = False
+    render_guidance: str = "host"
+    target_speedup: float | None = None
 
     def __post_init__(self) -> None:
         self._validate()
@@ -189,6 +207,23 @@ class SRDConfig:
                     "None or a diffusers ContextParallelConfig(ulysses_degree=..., ring_degree=...)",
                 )
         self._validate_accelerators()
+        self._validate_speed()
+
+    def _validate_speed(self) -> None:
+        if self.render_guidance not in RENDER_GUIDANCE_MODES:
+            _fail("render_guidance", self.render_guidance, f"choose one of {', '.join(RENDER_GUIDANCE_MODES)}")
+        target = self.target_speedup
+        if target is None:
+            return
+        if not _is_number(target) or not math.isfinite(target) or target < 1.0:
+            _fail("target_speedup", target, "None or a finite number >= 1 (e.g. 3.0 for three times faster)")
+        if self.switch != "adaptive":
+            _fail(
+                "target_speedup",
+                target,
+                f"switch={self.switch!r} already fixes the switch step; a target needs switch='adaptive' "
+                "(or drop target_speedup)",
+            )
 
     def _validate_accelerators(self) -> None:
         if self.teacache is not None and not isinstance(self.teacache, TeaCacheConfig):

@@ -32,6 +32,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "srd_plugin.hooks.offload",
     "srd_plugin.hooks.prefetch",
     "srd_plugin.hooks.memory",
+    "srd_plugin.hooks.speed_checks",
 )
 
 _lock = threading.Lock()

@@ -28,6 +28,7 @@ ROLE_COLOURS = {SKETCH: "#3b5bdb", RENDER: "#f08c00"}
 ROLE_NAMES = {SKETCH: "sketcher", RENDER: "renderer"}
 THRESHOLD_COLOUR = "#c92a2a"
 SWITCH_COLOUR = "#212529"
+TARGET_COLOUR = "#9c36b5"
 FRAMES_PER_ROW = 6
 
 
@@ -152,6 +153,19 @@ def _draw_switch(axes: Any, trace: RunTrace, annotate: bool) -> None:
             )
     if trace.fallback_step is not None:
         axes.axvline(trace.fallback_step - 0.5, color=THRESHOLD_COLOUR, linestyle=":", linewidth=1.2)
+    latest = trace.target_switch_step
+    if trace.target_speedup is not None and latest is not None and latest < trace.num_steps:
+        axes.axvline(latest - 0.5, color=TARGET_COLOUR, linestyle="-.", linewidth=1.6)
+        if annotate:
+            axes.annotate(
+                f"latest switch for target {trace.target_speedup:g}x ",
+                xy=(latest - 0.5, 0.82),
+                xycoords=("data", "axes fraction"),
+                va="top",
+                ha="right",
+                fontsize=8,
+                color=TARGET_COLOUR,
+            )
 
 
 def _draw_metric(axes: Any, trace: RunTrace) -> None:
@@ -199,7 +213,24 @@ def title_of(trace: RunTrace) -> str:
     else:
         switch = f"switch at step {trace.switch_step}"
     stopped = "" if trace.completed else f", stopped after {len(trace.roles)} steps"
-    return f"{trace.pipeline or 'pipeline'} · policy {trace.policy} · {trace.num_steps} steps · {switch}{stopped}"
+    title = f"{trace.pipeline or 'pipeline'} · policy {trace.policy} · {trace.num_steps} steps · {switch}{stopped}"
+    speed = speed_line(trace)
+    return f"{title}\n{speed}" if speed else title
+
+
+def speed_line(trace: RunTrace) -> str | None:
+    """The speed settings and figures of a call: guidance-free rendering, the target, predicted and achieved."""
+    parts = []
+    if trace.config.get("render_guidance") == "off":
+        parts.append(f"render guidance off ({trace.guidance_calls_saved} renderer calls saved)")
+    if trace.target_speedup is not None:
+        target = f"target {trace.target_speedup:g}x"
+        if trace.predicted_speedup is not None:
+            target += f", predicted {trace.predicted_speedup:.2f}x"
+        if trace.achieved_speedup is not None:
+            target += f", achieved {trace.achieved_speedup:.2f}x"
+        parts.append(target)
+    return " · ".join(parts) or None
 
 
 def draw_report(

@@ -32,7 +32,9 @@ from . import attachments
 from .adapters.base import Adapter, all_finite, module_device, module_dtype
 from .config import SRDConfig
 from .errors import RendererFailureError
+from .guidance import make_guidance
 from .parametrization import schedule_index
+from .speed import BASIS_NAMES, SpeedTarget
 from .switching import RENDER, SKETCH, SwitchPolicy, make_policy
 from .trace import MIXED, RunTrace
 
@@ -99,6 +101,10 @@ class Run:
     step_models: set[str] = field(default_factory=set)
     last_time: float = field(default_factory=time.perf_counter)
     plugin_state: dict[str, Any] = field(default_factory=dict)
+    #: render_guidance="off": this call's `guidance.GuidanceFreeRender` (None: the host's guidance)
+    guidance: Any = None
+    #: target_speedup set: this call's `speed.SpeedTarget`
+    speed: Any = None
 
 
 def _step_role(run: Run) -> str:
@@ -137,6 +143,8 @@ class RouterHook(ModelHook):
         if run is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         try:
+            if run.speed is not None and run.step_index == 0:
+                run.speed.observe_call(session, run, args, kwargs, self.context._context)
             if run.phase == RENDER:
                 return session.render(run, args, kwargs, self.context._context)
             run.step_models.add(SKETCH)
@@ -190,6 +198,8 @@ class Session:
         #: scheduler -> its (set_timesteps, step) wrappers; weak, so a dropped scheduler goes away
         self._wrapped: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
         self._step_signature: inspect.Signature | None = None
+        #: (sketcher, renderer) typical step seconds of earlier calls, by the first step's call shapes (target_speedup)
+        self.measured_step_times: dict[Any, tuple[float | None, float | None]] = {}
         self.refresh_dtypes()
 
     # -- properties ----------------------------------------------------------------------
@@ -389,6 +399,7 @@ class Session:
         # phase = the role of step 0 already, so placement plugins and srd_run_start know whether
         # this call sketches at all (a render-from-step-0 call must not bring the sketcher back)
         run = Run(policy=policy, trace=trace, num_steps=len(timesteps), scheduler=scheduler, phase=first_phase)
+        self._start_speed_features(run)
         _LAST_TRACES[self.sketcher] = trace
         self.active_run = run
         try:
@@ -404,6 +415,36 @@ class Session:
         except BaseException as error:  # a plugin's hook, or on_renderer_failure="raise"
             self.abort_run(run, error)
             raise
+
+    def _start_speed_features(self, run: Run) -> None:
+        """Guidance-free rendering and the speed target of this call (see guidance.py, speed.py)."""
+        config, pipe = self.config, self.pipe
+        active = pipe is not None and self.adapter.guidance_active(pipe)
+        run.guidance = make_guidance(config.render_guidance, self.adapter.cfg_layout, active, self.sketcher)
+        if config.target_speedup is not None:
+            run.speed = SpeedTarget(config.target_speedup, run.num_steps, self.measured_step_times)
+            run.trace.target_speedup = config.target_speedup
+
+    def _bound_switch_by_target(self, run: Run) -> None:
+        """Before the policy decides: the latest switch step the target allows, from the latest step times."""
+        latest = run.speed.update(run.trace)
+        run.trace.target_switch_step = latest
+        run.trace.speed_basis = run.speed.basis
+        run.policy.latest_switch = latest if latest is not None else 0
+
+    def _record_predicted_speedup(self, run: Run, switch_step: int) -> None:
+        """At the switch (or the end without one): the predicted speedup, and a warning if it misses the target."""
+        predicted = run.speed.predicted(switch_step)
+        run.trace.predicted_speedup = predicted
+        if predicted is not None and predicted < run.speed.target * (1 - 1e-9):
+            note = (
+                f"target_speedup {run.speed.target:g}x cannot be reached: the best reachable, switching at step "
+                f"{switch_step} (as early as min_sketch_steps={self.config.min_sketch_steps} and the step times "
+                f"allowed), is predicted at {predicted:.2f}x (from the {BASIS_NAMES[run.speed.basis]}); the run goes "
+                "on switching there"
+            )
+            run.trace.events.append(note)
+            warnings.warn(f"srd_plugin: {note}", stacklevel=4)
 
     def _place_renderer(self, run: Run) -> None:
         """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`),
@@ -479,6 +520,8 @@ class Session:
         run.last_time = now
         decision = None
         if run.phase == SKETCH and not run.policy_done:
+            if run.speed is not None:
+                self._bound_switch_by_target(run)
             decision = run.policy.after_step(index, x0)
             # distributed runs: every process follows one shared decision (see srd_agree_decision)
             agreed = self.hook.srd_agree_decision(session=self, run=run, step_index=index, decision=decision)
@@ -498,6 +541,8 @@ class Session:
             return
         run.phase = RENDER
         run.trace.switch_step = step_index
+        if run.speed is not None:
+            self._record_predicted_speedup(run, step_index)
         try:
             self.hook.srd_switch(session=self, run=run, step_index=step_index)
         except RuntimeError as error:  # e.g. out of memory while a plugin moves the renderer in
@@ -506,6 +551,12 @@ class Session:
 
     def _end_run(self, run: Run) -> None:
         run.trace.completed = run.step_index >= run.num_steps
+        if run.guidance is not None:
+            run.trace.guidance_calls_saved = run.guidance.saved
+        if run.speed is not None:
+            if run.trace.predicted_speedup is None and run.trace.switch_step is None:
+                run.trace.predicted_speedup = run.speed.predicted(run.num_steps)
+            run.speed.finish(run.trace)
         if self.active_run is run:
             self.active_run = None
         self.hook.srd_run_end(session=self, run=run)
@@ -529,8 +580,7 @@ class Session:
     def render(self, run: Run, args: tuple, kwargs: dict[str, Any], context: Any) -> Any:
         call = self._renderer_call()
         try:
-            with self._renderer_cache_context(context):
-                output = self.adapter.render(self, call, args, kwargs)
+            output = self._render_once(run, call, args, kwargs, context)
         except Exception as error:
             error.add_note(
                 f"srd_plugin: raised by the renderer ({type(self.renderer).__name__}) at step {run.step_index}; "
@@ -541,6 +591,18 @@ class Session:
             run.step_models.add(RENDER)
             return output
         return self._renderer_failed(run, args, kwargs)
+
+    def _render_once(self, run: Run, call: Any, args: tuple, kwargs: dict[str, Any], context: Any) -> Any:
+        """The adapter's render call under the host's cache context; with render_guidance="off"
+        the call's `GuidanceFreeRender` decides what the renderer computes (guidance.py)."""
+
+        def rendered(call_args: tuple, call_kwargs: dict[str, Any]) -> Any:
+            with self._renderer_cache_context(context):
+                return self.adapter.render(self, call, call_args, call_kwargs)
+
+        if run.guidance is None:
+            return rendered(args, kwargs)
+        return run.guidance.render(run.step_index, args, kwargs, context, rendered)
 
     def _renderer_call(self) -> Any:
         if self.renderer is self.sketcher:  # allowed (with a warning at enable): skip our own router

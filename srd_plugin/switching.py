@@ -14,7 +14,8 @@ prediction o_i still moves:
 
 After step i, with n = i + 1 sketch steps done, it switches when n >= min_sketch_steps
 and either 0 < s_i < threshold (the change has started to settle, slowly) or
-n >= max_sketch_steps.
+n >= max_sketch_steps. A speed target (`target_speedup`, see speed.py) tightens the last
+bound to the latest switch step that still reaches it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class SwitchPolicy:
 
     def __init__(self, config: SRDConfig) -> None:
         self.config = config
+        #: the latest switch step a speed target allows (set by the runtime before each decision; None: no target)
+        self.latest_switch: int | None = None
         self.num_steps = 0
         self.timesteps: list[float] = []
         self.num_train_timesteps = 1000
@@ -182,8 +185,15 @@ class AdaptivePolicy(SwitchPolicy):
         self._previous_distance = distance
         n = step_index + 1
         settled = metric is not None and 0.0 < metric < self.config.threshold
-        switch = n < self.num_steps and n >= self.config.min_sketch_steps and (settled or n >= self.max_sketch_steps)
+        latest = self.latest_sketch_steps()
+        switch = n < self.num_steps and n >= self.config.min_sketch_steps and (settled or n >= latest)
         return Decision(metric=metric, switch=switch, distance=distance)
+
+    def latest_sketch_steps(self) -> int:
+        """max_sketch_steps, tightened by a speed target's latest switch (never below min_sketch_steps)."""
+        if self.latest_switch is None:
+            return self.max_sketch_steps
+        return min(self.max_sketch_steps, max(self.latest_switch, self.config.min_sketch_steps))
 
 
 POLICIES: dict[str, type[SwitchPolicy]] = {

@@ -7,6 +7,7 @@ without loss, can be redrawn later (`srd report`), and can be compared across ra
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ class RunTrace:
     memory_allocated / memory_reserved: per step, the peak bytes the CUDA caching allocator had
         allocated / reserved on the execution device during that step (empty without CUDA;
         recorded by `srd_plugin.hooks.memory`).
+    guidance_calls_saved: with render_guidance="off", the model calls (two-call hosts) or batch
+        halves (batched hosts) of the render phase that ran no model.
+    target_speedup: the config's target (None without one); target_switch_step: the latest
+        switch step it allowed at the last decision; predicted_speedup: S(k) at the switch
+        (or at N without one) from the ratio the decision used, whose source is `speed_basis`
+        ("measured": the session's step times, "flops": the adapters' FLOP model);
+        achieved_speedup: N x the call's typical sketcher step / the call's denoising time.
     """
 
     pipeline: str = ""
@@ -49,6 +57,12 @@ class RunTrace:
     events: list[str] = field(default_factory=list)
     memory_allocated: list[int] = field(default_factory=list)
     memory_reserved: list[int] = field(default_factory=list)
+    guidance_calls_saved: int = 0
+    target_speedup: float | None = None
+    target_switch_step: int | None = None
+    predicted_speedup: float | None = None
+    achieved_speedup: float | None = None
+    speed_basis: str | None = None
 
     # -- derived figures -------------------------------------------------------------
     def steps_of(self, role: str) -> list[int]:
@@ -111,9 +125,35 @@ class RunTrace:
             lines.append(f"  {role:<8}{len(steps):>7}{span:>12}{seconds:>10.2f}{per_step:>9}")
         lines.append(f"  {'total':<8}{len(self.roles):>7}{'':>12}{self.total_seconds:>10.2f}")
         lines.append("  " + self._switch_line())
+        lines.extend(self._speed_lines())
         lines.extend(self._memory_lines())
         lines.extend(f"  note: {event}" for event in self.events)
         return "\n".join(lines)
+
+    def _switched_for_target(self) -> bool:
+        """Whether the target's bound placed the switch: the metric did not settle (checked by
+        the caller) and max_sketch_steps was not reached, so only the target could switch."""
+        if self.target_speedup is None or self.switch_step is None:
+            return False
+        minimum = self.config.get("min_sketch_steps") or 1
+        maximum = self.config.get("max_sketch_steps") or max(math.ceil(0.6 * self.num_steps), minimum)
+        return self.switch_step < maximum
+
+    def _speed_lines(self) -> list[str]:
+        lines = []
+        if self.config.get("render_guidance") == "off":
+            lines.append(f"  render guidance off: {self.guidance_calls_saved} renderer calls (or batch halves) saved")
+        if self.target_speedup is not None:
+            parts = [f"target {self.target_speedup:g}x"]
+            if self.predicted_speedup is not None:
+                basis = {"flops": "FLOP model", "measured": "measured step times"}.get(
+                    self.speed_basis or "", ""
+                )  # speed.BASIS_NAMES
+                parts.append(f"predicted {self.predicted_speedup:.2f}x" + (f" ({basis})" if basis else ""))
+            if self.achieved_speedup is not None:
+                parts.append(f"achieved {self.achieved_speedup:.2f}x")
+            lines.append("  speed: " + ", ".join(parts))
+        return lines
 
     def _memory_lines(self) -> list[str]:
         peaks = {role: self.peak_memory_of(role) for role in ("sketch", "render")}
@@ -137,6 +177,8 @@ class RunTrace:
             threshold = self.config.get("threshold")
             if metric is not None and threshold is not None and 0 < metric < threshold:
                 reason = f" (s_{last_sketch} = {metric:.4g} < threshold {threshold:g})"
+            elif self._switched_for_target():
+                reason = f" (latest switch for target_speedup {self.target_speedup:g}x)"
             else:
                 reason = " (max_sketch_steps reached)"
         return f"switch at step {self.switch_step}{reason}"

@@ -37,6 +37,10 @@ def test_cpu_benchmark_tiny(capsys):
     assert "plugin overhead" in out
     for k in (0, 1, 2, 3, 4):
         assert f"| SRD, switch at {k} |" in out
+    assert "| SRD + guidance-free rendering |" in out and "TeaCache on the renderer (fixed skips) |" in out
+    assert "bar: SRD with render_guidance='off' at k = 1" in out
+    assert "uncond calls served without a model per call: 3" in out  # the 3 render steps of k = 1 of 4
+    assert "with TeaCache 2 of 3 renderer calls computed" in out  # first and last computed, the middle skipped
 
 
 def test_gpu_benchmark_tiny_writes_its_tables(tmp_path, capsys):
@@ -56,3 +60,9 @@ def test_gpu_benchmark_tiny_writes_its_tables(tmp_path, capsys):
     assert len(sage) == 4 and all(r["route"].startswith("sage:") and "fallback" not in r["route"] for r in sage)
     assert all(r["rel_error_vs_sdpa"] < 1e-6 for r in sage)
     assert "| WanPipeline |" in text and "| CogVideoXPipeline (aligned) |" in text
+    stacking = [r for r in rows if r["table"] == "stacking: end-to-end SRD through the real WanPipeline"]
+    assert [r["renderer_calls_computed"] for r in stacking] == [4, 4, 3]  # 6 steps, switch at 2, every other skipped
+    assert all(r["switch_step"] == 2 for r in stacking)
+    projected = {r["render_guidance"]: r for r in rows if r["table"] == "stacking: projected 50-step speedup"}
+    assert projected["off"]["S(10)"] > projected["host"]["S(10)"]
+    assert "bar: projected S(10) at N = 50 with render_guidance='off'" in text

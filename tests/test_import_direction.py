@@ -26,6 +26,8 @@ CORE = (
     "srd_plugin.attachments",
     "srd_plugin.parametrization",
     "srd_plugin.sharing",
+    "srd_plugin.guidance",
+    "srd_plugin.speed",
 )
 #: packages the core must not import (plugins); and no adapter module but the contract (model-family knowledge)
 FORBIDDEN = ("srd_plugin.hooks", "srd_plugin.parallel")

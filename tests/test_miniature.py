@@ -294,4 +294,8 @@ def test_quick_quality_benchmark_runs(tmp_path):
     # TeaCache really ran on the sketcher: one decision per CFG call, the first of each context computed
     assert teacache["teacache_calls"] == 12 and 2 <= teacache["teacache_computed_calls"] <= 12
     assert all(row["teacache_calls"] is None for row in report["rows"] if row is not teacache)
+    # guidance-free rendering beside the same switch with the host's guidance (6 steps: N/4 = 1)
+    assert "SRD adaptive, render guidance off" in rows and "SRD switch at 1, render guidance off" in rows
+    assert rows["SRD switch at 1, render guidance off"]["sketch_steps"] == 1
+    assert rows["SRD switch at 1, render guidance off"]["semantic"] >= 0
     assert (tmp_path / "q.png").stat().st_size > 0

@@ -10,11 +10,13 @@ import pytest
 
 from srd_plugin.report import (
     ROLE_COLOURS,
+    TARGET_COLOUR,
     MissingExtraError,
     draw_report,
     pick_frames,
     report_text,
     require_matplotlib,
+    speed_line,
     title_of,
 )
 from srd_plugin.trace import RunTrace
@@ -83,6 +85,20 @@ def test_partial_trace_and_renderer_only_trace_draw(tmp_path):
     render_only = make_trace(["render"] * 4, switch_step=0, policy="step")
     assert "renderer only" in title_of(render_only)
     draw_report(render_only, tmp_path / "render.png", dpi=40)
+
+
+def test_speed_target_and_guidance_free_rendering_are_shown(tmp_path):
+    trace = make_trace(["sketch"] * 4 + ["render"] * 6, switch_step=4)
+    assert speed_line(trace) is None and "\n" not in title_of(trace)
+    trace.config = {**trace.config, "render_guidance": "off"}
+    trace.guidance_calls_saved = 6
+    trace.target_speedup, trace.target_switch_step = 2.5, 7  # the metric settled before the bound
+    trace.predicted_speedup, trace.achieved_speedup = 2.61, 2.48
+    title = title_of(trace)
+    assert "render guidance off (6 renderer calls saved)" in title
+    assert "target 2.5x, predicted 2.61x, achieved 2.48x" in title
+    picture = imageio.imread(draw_report(trace, tmp_path / "target.png", dpi=100))
+    assert colour_pixels(picture, TARGET_COLOUR) > 50  # the latest-switch line of the target
 
 
 def test_report_text_names_steps_switch_and_step_costs():

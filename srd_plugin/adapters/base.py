@@ -5,7 +5,9 @@ An adapter answers four questions for the runtime:
   * how a renderer given as a path is loaded (`load_renderer`);
   * how to call the renderer with the arguments the host meant for the sketcher, with the
     result in the sketcher's parametrization (`render`);
-  * what the guided x0 prediction of a step is (`predict_x0`), for the adaptive policy.
+  * what the guided x0 prediction of a step is (`predict_x0`), for the adaptive policy;
+  * how the host runs classifier-free guidance (`cfg_layout`), for `render_guidance="off"`;
+  * what one model call costs in FLOPs (`flops_per_call`), for `target_speedup`.
 
 Adapters are stateless objects; per-pipeline facts go on the session. The contract names the
 session by the `AdapterSession` protocol below, not by the runtime's class, so this module does
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -29,6 +32,35 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from ..config import SRDConfig
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+TWO_CALLS = "two_calls"
+BATCHED = "batched"
+
+
+@dataclass(frozen=True)
+class CFGLayout:
+    """How a host runs classifier-free guidance; `render_guidance="off"` needs it to drop guidance.
+
+    calls: "two_calls" (the model is called twice per step, the conditional call first, each
+        under diffusers' `cache_context(name)`: Wan, SkyReels, Kandinsky, Cosmos) or "batched"
+        (one call per step whose batch holds both halves: CogVideoX, LTX).
+    cond_context / uncond_context: two_calls: the `cache_context` names of the two calls.
+    batch_arguments: batched: the forward arguments that carry the doubled batch (sliced to
+        the conditional half; other arguments pass unchanged).
+    cond_half: batched: 1 when the batch is [uncond, cond] (diffusers' order), 0 for [cond, uncond].
+    """
+
+    calls: str
+    cond_context: str = "cond"
+    uncond_context: str = "uncond"
+    batch_arguments: tuple[str, ...] = ()
+    cond_half: int = 1
+
+    def __post_init__(self) -> None:
+        if self.calls not in (TWO_CALLS, BATCHED):
+            raise ValueError(f"CFGLayout.calls={self.calls!r}: choose {TWO_CALLS!r} or {BATCHED!r}")
+        if self.calls == BATCHED and (not self.batch_arguments or self.cond_half not in (0, 1)):
+            raise ValueError("a batched CFGLayout needs batch_arguments (forward argument names) and cond_half 0 or 1")
 
 
 class AdapterSession(Protocol):
@@ -48,6 +80,8 @@ class Adapter:
     name: str = "base"
     #: pipeline class names this adapter supports (for error messages and `srd doctor`)
     pipeline_classes: tuple[str, ...] = ()
+    #: how the host runs classifier-free guidance; None: unknown, so `render_guidance="off"` is refused
+    cfg_layout: CFGLayout | None = None
 
     # -- the host ----------------------------------------------------------------------
     def check_pipeline(self, pipe: Any) -> None:
@@ -136,6 +170,23 @@ class Adapter:
         """Why `predict_x0` cannot serve this scheduler (None if it can)."""
         return x0_problem(scheduler)
 
+    # -- guidance and cost -----------------------------------------------------------------
+    def guidance_active(self, pipe: Any) -> bool:
+        """Whether the host's current call runs classifier-free guidance (asked once per call,
+        when its timesteps are set). Default: the pipeline's `do_classifier_free_guidance`
+        property, else `guidance_scale > 1`, diffusers' rule."""
+        active = getattr(pipe, "do_classifier_free_guidance", None)
+        if isinstance(active, bool):
+            return active
+        scale = getattr(pipe, "guidance_scale", None)
+        return isinstance(scale, (int, float)) and scale > 1.0
+
+    def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
+        """Multiply-adds of one forward call of `model` with these (named) arguments, from its
+        config and the call's token count; None: no FLOP model (then `target_speedup` is refused).
+        Only ratios of these figures are used, so linear layers and attention suffice."""
+        return None
+
 
 # -- helpers shared by adapters --------------------------------------------------------
 def _dtype_of(name: str | None) -> torch.dtype | None:
@@ -194,6 +245,25 @@ def flow_x0(scheduler: Any, model_output: torch.Tensor, sample: torch.Tensor, st
     loop keeps its own step count; the default `Adapter.predict_x0` finds the scheduler's index itself)."""
     sigma = float(scheduler.sigmas[step_index])
     return sample.float() - sigma * model_output.float()
+
+
+def dit_macs(layers: int, dim: int, ffn_dim: int, tokens: int, text_tokens: int, joint: bool, batch: int = 1) -> float:
+    """Multiply-adds of a DiT forward: per block, the attention projections (q, k, v, out), the
+    attention itself (QK^T and AV) and a two-layer MLP; norms, embeddings and heads neglected.
+
+    joint=True: text and video tokens attend together (CogVideoX, LTX's self-attention sees no
+    text: pass joint=False there); joint=False: self-attention over the video tokens plus a
+    cross-attention from video to text (Wan: q and out on video tokens, k and v on text tokens).
+    """
+    if joint:
+        n = tokens + text_tokens
+        block = 4 * n * dim * dim + 2 * n * n * dim + 2 * n * dim * ffn_dim
+    else:
+        n, m = tokens, text_tokens
+        self_attention = 4 * n * dim * dim + 2 * n * n * dim
+        cross_attention = 2 * n * dim * dim + 2 * m * dim * dim + 2 * n * m * dim
+        block = self_attention + cross_attention + 2 * n * dim * ffn_dim
+    return float(batch * layers * block)
 
 
 def config_mismatches(sketcher: torch.nn.Module, renderer: torch.nn.Module, keys: dict[str, str]) -> list[str]:

@@ -37,7 +37,7 @@ import torch
 from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
 from .alignment import LatentAlignment, Match, Parametrization, table_problem
-from .base import Adapter, cast_floating, config_mismatches
+from .base import BATCHED, Adapter, CFGLayout, cast_floating, config_mismatches, dit_macs
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from ..runtime import Run, Session
@@ -87,6 +87,10 @@ class RunState:
 class CogVideoXAdapter(Adapter):
     name = "cogvideox"
     pipeline_classes = ("CogVideoXPipeline",)
+    #: CFG is one call on [uncond, cond]: `render_guidance="off"` renders the second half only
+    cfg_layout = CFGLayout(
+        calls=BATCHED, batch_arguments=("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs")
+    )
 
     def check_pipeline(self, pipe: Any) -> None:
         if getattr(pipe, "transformer", None) is None:
@@ -115,6 +119,12 @@ class CogVideoXAdapter(Adapter):
                     "renderer without rotary embeddings accepts exactly its max_text_seq_length text tokens"
                 )
         return problems
+
+    def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
+        """Text and video tokens attend jointly; the MLP is 4x wide (diffusers' default)."""
+        return cogvideox_macs(
+            model.config, arguments["hidden_states"].shape, arguments["encoder_hidden_states"].shape[1]
+        )
 
     # -- the render call -------------------------------------------------------------------
     def render(self, session: Session, call: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -151,6 +161,15 @@ class CogVideoXAdapter(Adapter):
         if key not in state.rotary:
             state.rotary[key] = rotary_embeddings(config, frames, height, width, sample.device)
         return state.rotary[key]
+
+
+def cogvideox_macs(config: Any, latent_shape: tuple[int, ...], text_tokens: int) -> float:
+    """Multiply-adds of one CogVideoXTransformer3DModel call on latents [B, F, C, H, W]."""
+    batch, frames, _, height, width = latent_shape
+    p, p_t = config.patch_size, config.patch_size_t or 1
+    tokens = ((frames + p_t - 1) // p_t) * (height // p) * (width // p)
+    dim = config.num_attention_heads * config.attention_head_dim
+    return dit_macs(config.num_layers, dim, 4 * dim, tokens, text_tokens, joint=True, batch=batch)
 
 
 def rotary_embeddings(config: Any, frames: int, height: int, width: int, device: torch.device) -> Any:

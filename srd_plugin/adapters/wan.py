@@ -7,7 +7,8 @@ config inside `forward`, so head counts and head dims may differ freely.
 
 CFG: the pipeline calls the transformer twice per step (cond, uncond) under
 `cache_context("cond")` / `cache_context("uncond")`; the runtime keeps both calls of a
-step on one model.
+step on one model, and with `render_guidance="off"` serves the uncond call of a render step
+with the cond call's output (`cfg_layout`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
-from .base import Adapter, config_mismatches
+from .base import TWO_CALLS, Adapter, CFGLayout, config_mismatches, dit_macs
 
 #: config entries that must agree between sketcher and renderer, with what they mean
 WAN_MUST_MATCH = {
@@ -34,6 +35,7 @@ WAN_MUST_MATCH = {
 class WanAdapter(Adapter):
     name = "wan"
     pipeline_classes = ("WanPipeline",)
+    cfg_layout = CFGLayout(calls=TWO_CALLS, cond_context="cond", uncond_context="uncond")
 
     def check_pipeline(self, pipe: Any) -> None:
         if getattr(pipe, "transformer_2", None) is not None:
@@ -58,6 +60,19 @@ class WanAdapter(Adapter):
                 "pass a Wan2.1 transformer (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
             ]
         return config_mismatches(sketcher, renderer, WAN_MUST_MATCH)
+
+    def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
+        """Video tokens after the (t, h, w) patch, text tokens of `encoder_hidden_states`."""
+        return wan_macs(model.config, arguments["hidden_states"].shape, arguments["encoder_hidden_states"].shape[1])
+
+
+def wan_macs(config: Any, latent_shape: tuple[int, ...], text_tokens: int) -> float:
+    """Multiply-adds of one WanTransformer3DModel call on latents [B, C, F, H, W]."""
+    batch, _, frames, height, width = latent_shape
+    pt, ph, pw = config.patch_size
+    tokens = (frames // pt) * (height // ph) * (width // pw)
+    dim = config.num_attention_heads * config.attention_head_dim
+    return dit_macs(config.num_layers, dim, config.ffn_dim, tokens, text_tokens, joint=False, batch=batch)
 
 
 _ADAPTER = WanAdapter()
