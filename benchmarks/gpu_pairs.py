@@ -89,21 +89,29 @@ def timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
     return cuda if device.type == "cuda" else cpu
 
 
-def step_time(spec: PairSpec, config: dict, tiny: bool, device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
-    """Median seconds of one denoising step (calls_per_step calls) and the peak memory of the model."""
+def step_time(
+    spec: PairSpec, config: dict, tiny: bool, device: torch.device, dtype: torch.dtype, repeats: int, one_call: bool
+) -> dict:
+    """Median seconds of one denoising step (calls_per_step calls) and the peak memory of the model.
+
+    With `one_call` a step's time is one timed call times `calls_per_step`: the calls of a step (cond,
+    uncond) have the same shapes and cost, and timing one halves the GPU time of a two-call host.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     held = {"model": build_model(spec, config, device, dtype), "inputs": spec.make_inputs(config, tiny, device, dtype)}
     params = sum(p.numel() for p in held["model"].parameters())
 
+    calls = 1 if one_call else spec.calls_per_step
+
     def step() -> None:
-        for _ in range(spec.calls_per_step):
+        for _ in range(calls):
             call_model(held["model"], held["inputs"])
 
     measure = timer(device)
     step()  # warm-up: kernels chosen, allocator filled
-    seconds = statistics.median(measure(step) for _ in range(repeats))
+    seconds = statistics.median(measure(step) for _ in range(repeats)) * spec.calls_per_step / calls
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     held.clear()  # free the weights before the next model is built
     gc.collect()
@@ -112,7 +120,9 @@ def step_time(spec: PairSpec, config: dict, tiny: bool, device: torch.device, dt
     return {"step_s": seconds, "peak_gib": peak, "params_b": params / 1e9}
 
 
-def bench_pair(spec: PairSpec, tiny: bool, device: torch.device | None, dtype: torch.dtype, repeats: int) -> dict:
+def bench_pair(
+    spec: PairSpec, tiny: bool, device: torch.device | None, dtype: torch.dtype, repeats: int, one_call: bool = False
+) -> dict:
     """One pair's row: step times (None without a device), FLOPs, ratios and S(k)."""
     sketcher, renderer = (spec.tiny_sketcher, spec.tiny_renderer) if tiny else (spec.sketcher, spec.renderer)
     row: dict[str, Any] = {"pair": spec.name, "steps": spec.steps, "source": spec.source}
@@ -124,7 +134,8 @@ def bench_pair(spec: PairSpec, tiny: bool, device: torch.device | None, dtype: t
     if device is None:
         return row
     timed = {
-        role: step_time(spec, cfg, tiny, device, dtype, repeats) for role, cfg in (("s", sketcher), ("r", renderer))
+        role: step_time(spec, cfg, tiny, device, dtype, repeats, one_call)
+        for role, cfg in (("s", sketcher), ("r", renderer))
     }
     t_s = timed["s"]["step_s"] * spec.sketcher_calls_scale
     t_r = timed["r"]["step_s"]
@@ -165,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--flops", action="store_true", help="FLOP counts at the published configs only (no device)")
     parser.add_argument("--only", default=None, help="comma list of words; pairs whose name contains one")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per model (median reported)")
+    parser.add_argument(
+        "--one-call", action="store_true", help="time one call per step and scale by calls_per_step (half the GPU time)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table (and a .json) here")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -182,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in pairs:
         print(f"[{spec.name}]", flush=True)
         start = time.perf_counter()
-        row = bench_pair(spec, args.tiny, device, dtype, args.repeats)
+        row = bench_pair(spec, args.tiny, device, dtype, args.repeats, args.one_call)
         rows.append(row)
         print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("pair", "source")), flush=True)
         print(f"  ({time.perf_counter() - start:.1f} s)", flush=True)
