@@ -69,6 +69,10 @@ class Run:
     step_models: set[str] = field(default_factory=set)
     last_time: float = field(default_factory=time.perf_counter)
     plugin_state: dict[str, Any] = field(default_factory=dict)
+    #: the index in the scheduler's schedule of the loop's first step (video-to-video `strength`
+    #: runs only the tail of the schedule); found at the run's first model call (`anchor_run`)
+    schedule_offset: int = 0
+    anchored: bool = False
 
 
 def _step_role(run: Run) -> str:
@@ -107,8 +111,10 @@ class RouterHook(ModelHook):
         if run is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         try:
+            if not run.anchored:
+                session.anchor_run(run, session.adapter.loop_timestep(args, kwargs))
             if run.phase == RENDER:
-                return session.render(run, args, kwargs, self.context._context)
+                return session.render(run, args, kwargs, self.context._context, self)
             run.step_models.add(SKETCH)
             return self.fn_ref.original_forward(*args, **kwargs)
         except BaseException as error:
@@ -146,8 +152,11 @@ class Session:
         self.active_run: Run | None = None
         self.scheduler: Any = None
         self.installed = False
-        self._router: RouterHook | None = None
-        self._registry_existed = False
+        self._router: RouterHook | None = None  # the sketcher's router (the first of `_routers`)
+        self._routers: list[RouterHook] = []
+        self._routed: tuple[torch.nn.Module, ...] = ()
+        self._registry_existed: list[bool] = []
+        self._forward_was_instance_attr: list[bool] = []
         self._saved_scheduler_attrs: dict[str, Any] = {}
         self._step_signature: inspect.Signature | None = None
         self.refresh_dtypes()
@@ -172,15 +181,20 @@ class Session:
         already installed is removed again before the error propagates, so a failed
         install leaves the pipeline as it was.
         """
-        self._registry_existed = hasattr(self.sketcher, "_diffusers_hook")
-        self._forward_was_instance_attr = "forward" in self.sketcher.__dict__
+        self._routed = tuple(self.adapter.routed_modules(self.pipe))
+        self._registry_existed = [hasattr(m, "_diffusers_hook") for m in self._routed]
+        self._forward_was_instance_attr = ["forward" in m.__dict__ for m in self._routed]
+        self._routers = []
         self.installed = True
         try:
             self.adapter.prepare_session(self)
             self.hook.srd_before_install(session=self)  # e.g. context parallelism, which must sit inside the router
-            registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
-            self._router = RouterHook(self)
-            registry.register_hook(self._router, ROUTER_HOOK_NAME)
+            for module in self._routed:  # the sketcher, and any other host module the renderer replaces
+                registry = HookRegistry.check_if_exists_or_initialize(module)
+                router = RouterHook(self)
+                registry.register_hook(router, ROUTER_HOOK_NAME)
+                self._routers.append(router)
+            self._router = self._routers[0]
             self._wrap_scheduler(self.pipe.scheduler)
             for role in (SKETCH, RENDER):
                 self.hook.srd_prepare_model(session=self, role=role, model=self.model(role))
@@ -201,19 +215,27 @@ class Session:
                 self.abort_run(self.active_run, None)
 
     def _remove_interceptions(self) -> None:
-        registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
-        if self._router is not None and registry.get_hook(ROUTER_HOOK_NAME) is self._router:
+        routers = self._routers + [None] * (len(self._routed) - len(self._routers))
+        for module, router, existed, had_forward in zip(
+            self._routed, routers, self._registry_existed, self._forward_was_instance_attr
+        ):
+            self._remove_router(module, router, existed, had_forward)
+        self._unwrap_scheduler()
+        self.installed = False
+
+    @staticmethod
+    def _remove_router(module: torch.nn.Module, router: Any, registry_existed: bool, had_forward: bool) -> None:
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        if router is not None and registry.get_hook(ROUTER_HOOK_NAME) is router:
             registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
         if not registry.hooks:
             # leave the module exactly as we found it: with no diffusers hook left, an instance
             # `forward` is a stale wrapper of ours (or of a plugin's, removed before the router),
             # unless accelerate's offloading hook took `forward` after enable (it owns it then)
-            if not self._forward_was_instance_attr and not hasattr(self.sketcher, "_hf_hook"):
-                self.sketcher.__dict__.pop("forward", None)
-            if not self._registry_existed:
-                del self.sketcher._diffusers_hook
-        self._unwrap_scheduler()
-        self.installed = False
+            if not had_forward and not hasattr(module, "_hf_hook"):
+                module.__dict__.pop("forward", None)
+            if not registry_existed:
+                del module._diffusers_hook
 
     def _wrap_scheduler(self, scheduler: Any) -> None:
         session = self
@@ -279,7 +301,7 @@ class Session:
             problem = self.adapter.scheduler_problem(scheduler)
             if problem:
                 raise ValueError(problem)
-        first_phase = policy.start(timesteps, scheduler.config.get("num_train_timesteps", 1000))
+        first_phase = self._start_policy(policy, timesteps, scheduler)
         trace = RunTrace(
             pipeline=self.pipeline_name,
             policy=policy.name,
@@ -307,6 +329,40 @@ class Session:
         except BaseException as error:  # a plugin's hook, or on_renderer_failure="raise"
             self.abort_run(run, error)
             raise
+
+    def _start_policy(self, policy: SwitchPolicy, timesteps: list[float], scheduler: Any) -> str:
+        """Start the policy on the steps the loop runs; the adapter says from which of them an
+        adaptive policy may observe and switch (e.g. Wan2.2: from the low-noise expert on)."""
+        num_train_timesteps = scheduler.config.get("num_train_timesteps", 1000)
+        policy.observe_from = self.adapter.first_observed_step(self.pipe, timesteps, num_train_timesteps)
+        return policy.start(timesteps, num_train_timesteps)
+
+    def anchor_run(self, run: Run, timestep: float | None) -> None:
+        """At the run's first model call: if the loop starts inside the schedule (video-to-video
+        `strength` slices `timesteps[t_start:]`), size the run to the steps the loop really runs.
+
+        Called before the first forward, so a switch step beyond those steps fails before any
+        denoising. The loop's first timestep is looked up in the scheduler's schedule; a value not
+        found there (a host that rescales its timesteps) leaves the run as `set_timesteps` sized it.
+        """
+        run.anchored = True
+        full = run.trace.timesteps
+        if run.step_index != 0 or timestep is None or timestep not in full:
+            return
+        offset = full.index(timestep)
+        if offset == 0:
+            return
+        timesteps = full[offset:]
+        first_phase = self._start_policy(run.policy, timesteps, self.scheduler)
+        run.schedule_offset = offset
+        run.num_steps = run.trace.num_steps = len(timesteps)
+        run.trace.timesteps = timesteps
+        run.trace.events.append(
+            f"the loop starts at step {offset} of the scheduler's {len(full)}-step schedule (e.g. video-to-video "
+            f"strength): this call runs {len(timesteps)} steps"
+        )
+        if first_phase == RENDER and run.phase != RENDER:
+            self._switch(run, 0)
 
     def _place_renderer(self, run: Run) -> None:
         """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`),
@@ -344,13 +400,13 @@ class Session:
         try:
             bound = self._step_signature.bind(*args, **kwargs)
             x0 = None
-            if run.phase == SKETCH and not run.policy_done and run.policy.needs_x0:
+            if run.phase == SKETCH and not run.policy_done and run.policy.observes(run.step_index):
                 x0 = self.adapter.predict_x0(
                     self.scheduler,
                     bound.arguments["model_output"],
                     bound.arguments.get("timestep"),
                     bound.arguments["sample"],
-                    run.step_index,
+                    run.schedule_offset + run.step_index,  # the scheduler's own index of this step
                 )
             result = original_step(*args, **kwargs)
             self._finish_step(run, x0, bound.arguments["sample"])
@@ -418,8 +474,9 @@ class Session:
     # sketcher's graph; the renderer runs eagerly, or in its own compiled region if the user
     # compiled it. The sketch phase stays one graph (the router itself is traced through).
     @torch.compiler.disable
-    def render(self, run: Run, args: tuple, kwargs: dict[str, Any], context: Any) -> Any:
-        call = self._renderer_call()
+    def render(self, run: Run, args: tuple, kwargs: dict[str, Any], context: Any, router: RouterHook) -> Any:
+        """The renderer in place of the module `router` sits on (the sketcher, or another routed module)."""
+        call = self._renderer_call(router)
         try:
             with self._renderer_cache_context(context):
                 output = self.adapter.render(self, call, args, kwargs)
@@ -432,11 +489,11 @@ class Session:
         if all_finite(output):
             run.step_models.add(RENDER)
             return output
-        return self._renderer_failed(run, args, kwargs)
+        return self._renderer_failed(run, args, kwargs, router)
 
-    def _renderer_call(self) -> Any:
+    def _renderer_call(self, router: RouterHook) -> Any:
         if self.renderer is self.sketcher:  # allowed (with a warning at enable): skip our own router
-            return self._router.fn_ref.original_forward
+            return router.fn_ref.original_forward
         return self.renderer
 
     def _renderer_cache_context(self, context: Any) -> Any:
@@ -452,7 +509,7 @@ class Session:
             sigma=context.sigma,
         )
 
-    def _renderer_failed(self, run: Run, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def _renderer_failed(self, run: Run, args: tuple, kwargs: dict[str, Any], router: RouterHook) -> Any:
         """The sketcher redoes this call; the reason says what the user needs to know.
 
         The output is only checked (never the inputs, which would double the cost); the inputs
@@ -471,7 +528,7 @@ class Session:
             )
         self.fall_back(run, reason)
         run.step_models.add(SKETCH)
-        return self._router.fn_ref.original_forward(*args, **kwargs)
+        return router.fn_ref.original_forward(*args, **kwargs)
 
     def fall_back(self, run: Run, reason: str, error: BaseException | None = None) -> None:
         """The renderer cannot be used: the sketcher runs the rest of this call (or raise, if so configured).

@@ -62,6 +62,13 @@ class SwitchPolicy:
         self.num_steps = 0
         self.timesteps: list[float] = []
         self.num_train_timesteps = 1000
+        #: the first step the adaptive policy observes and may switch after (set by the runtime from
+        #: the adapter's `first_observed_step`; Wan2.2: the low-noise expert's first step)
+        self.observe_from = 0
+
+    def observes(self, step_index: int) -> bool:
+        """Whether this step's guided x0 prediction is needed."""
+        return self.needs_x0 and step_index >= self.observe_from
 
     def start(self, timesteps: Sequence[float], num_train_timesteps: int) -> str:
         """Begin a run; validate against its step count; return the role of step 0."""
@@ -151,6 +158,8 @@ class AdaptivePolicy(SwitchPolicy):
         return super().start(timesteps, num_train_timesteps)
 
     def after_step(self, step_index: int, x0: torch.Tensor | None) -> Decision:
+        if step_index < self.observe_from:  # not observed: no evidence, no switch
+            return Decision(metric=None, switch=False)
         if x0 is None:
             raise ValueError("the adaptive policy needs the guided x0 prediction of every sketch step")
         distance = None if self._previous_x0 is None else relative_change(self._previous_x0, x0)
