@@ -6,6 +6,7 @@ renderer in after step k-1 (`swap_oracle`); SRD with `switch="step"` must equal 
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -182,3 +183,12 @@ def test_wan22_incompatible_renderer_refused_with_every_mismatch():
     with pytest.raises(IncompatibleRendererError) as error:
         srd.enable(pipe, wrong)
     assert "text_dim" in str(error.value) and "in_channels" in str(error.value)
+
+
+@pytest.mark.parametrize("family", sorted(V2V))
+def test_v2v_renderer_carrying_the_sketchers_weights_gives_the_plain_output(family):
+    build, call, _ = V2V[family]
+    pipe = build()
+    plain = frames(pipe, call(STEPS, STRENGTH))
+    srd.enable(pipe, copy.deepcopy(pipe.transformer), switch="step", switch_step=2)
+    assert torch.equal(frames(pipe, call(STEPS, STRENGTH)), plain)

@@ -280,3 +280,47 @@ def swap_oracle(pipe: Any, renderer: Any, k: int, call: dict[str, Any], attribut
     finally:
         for name, module in originals.items():
             setattr(pipe, name, module)
+
+
+def tiny_cogvideox_i2v_transformer(seed: int = 0, **overrides: Any) -> Any:
+    """A 5B-I2V-like CogVideoX transformer: rotary, noisy latent and image latent side by side (2 x channels)."""
+    from . import COGVIDEOX_5B_LIKE
+
+    return tiny_cogvideox_transformer(COGVIDEOX_5B_LIKE, seed=seed, in_channels=2 * LATENT_CHANNELS, **overrides)
+
+
+def tiny_cogvideox_i2v_pipeline(transformer: Any = None, seed: int = 0) -> Any:
+    """A CogVideoXImageToVideoPipeline with a tiny I2V sketcher (VAE scaling 0.7)."""
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    tokenizer = tiny_tokenizer()
+    return _quiet(
+        CogVideoXImageToVideoPipeline(
+            tokenizer=tokenizer,
+            text_encoder=tiny_t5_encoder(len(tokenizer), seed=seed),
+            vae=tiny_cogvideox_vae(seed=seed),
+            transformer=transformer if transformer is not None else tiny_cogvideox_i2v_transformer(seed=seed),
+            scheduler=make_cogvideox_scheduler(),
+        )
+    )
+
+
+def tiny_cogvideox_i2v_call_kwargs(num_inference_steps: int = 8, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+    """One quick CogVideoX image-to-video call from a random 32x32 image."""
+    from . import COGVIDEOX_TEXT_LENGTH
+
+    kwargs: dict[str, Any] = dict(
+        image=tiny_frames(count=1, seed=seed)[0],
+        prompt="a red circle moving left",
+        negative_prompt="blurry",
+        height=32,
+        width=32,
+        num_frames=9,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=6.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        max_sequence_length=COGVIDEOX_TEXT_LENGTH,
+    )
+    kwargs.update(overrides)
+    return kwargs
