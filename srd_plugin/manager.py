@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "srd_plugin"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "srd_plugin.adapters.wan",
     "srd_plugin.adapters.cogvideox",
+    "srd_plugin.adapters.skyreels",
     "srd_plugin.trace_files",
     "srd_plugin.parallel.plugin",
     "srd_plugin.hooks.progress",

@@ -101,7 +101,14 @@ class WanAdapter(Adapter):
                 f"model family: the sketcher is a WanTransformer3DModel, the renderer a {type(renderer).__name__}; "
                 "pass a Wan transformer (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
             ]
-        problems = config_mismatches(sketcher, renderer, WAN_MUST_MATCH)
+        return self.compatibility_problems_of(sketcher, renderer, WAN_MUST_MATCH)
+
+    def compatibility_problems_of(
+        self, sketcher: torch.nn.Module, renderer: torch.nn.Module, must_match: dict[str, str]
+    ) -> list[str]:
+        """The config entries that must agree, and the image key/value projection present in both or neither
+        (its width is each model's own inner width, so only its presence must match)."""
+        problems = config_mismatches(sketcher, renderer, must_match)
         ours, theirs = sketcher.config.added_kv_proj_dim is not None, renderer.config.added_kv_proj_dim is not None
         if ours != theirs:
             problems.append(

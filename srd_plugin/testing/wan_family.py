@@ -324,3 +324,102 @@ def tiny_cogvideox_i2v_call_kwargs(num_inference_steps: int = 8, seed: int = 0, 
     )
     kwargs.update(overrides)
     return kwargs
+
+
+# -- SkyReels-V2 ----------------------------------------------------------------------------------------------
+#: CLIP width of the tiny image encoder (SkyReels-V2 / Wan2.1 I2V use 1280)
+CLIP_DIM = 32
+
+
+def tiny_skyreels_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0, **overrides: Any) -> Any:
+    """A random-weight SkyReelsV2Transformer3DModel of the tiny Wan shape."""
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    torch.manual_seed(seed)
+    kwargs = dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=size.num_attention_heads,
+        attention_head_dim=size.attention_head_dim,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        text_dim=TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=size.ffn_dim,
+        num_layers=size.num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    kwargs.update(overrides)
+    return SkyReelsV2Transformer3DModel(**kwargs).eval()
+
+
+def tiny_skyreels_i2v_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0, **overrides: Any) -> Any:
+    """A SkyReels-V2 I2V transformer: image condition in the channels, CLIP image embedding cross-attended."""
+    inner = size.num_attention_heads * size.attention_head_dim
+    kwargs = dict(in_channels=I2V_IN_CHANNELS, image_dim=CLIP_DIM, added_kv_proj_dim=inner)
+    kwargs.update(overrides)
+    return tiny_skyreels_transformer(size, seed=seed, **kwargs)
+
+
+def tiny_clip_image_encoder(seed: int = 0) -> tuple[Any, Any]:
+    """(a one-layer random CLIP vision model of width `CLIP_DIM`, its image processor at 32x32)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=CLIP_DIM,
+        intermediate_size=2 * CLIP_DIM,
+        projection_dim=CLIP_DIM,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
+    return CLIPVisionModelWithProjection(config).eval(), processor
+
+
+def tiny_skyreels_pipeline(transformer: Any = None, scheduler: str = "unipc", seed: int = 0) -> Any:
+    """A SkyReelsV2Pipeline (text-to-video) with a tiny sketcher (or the given transformer)."""
+    from diffusers import SkyReelsV2Pipeline
+
+    return _quiet(
+        SkyReelsV2Pipeline(
+            **_wan_text_parts(seed),
+            vae=tiny_wan_vae(seed=seed),
+            scheduler=make_scheduler(scheduler),
+            transformer=transformer if transformer is not None else tiny_skyreels_transformer(seed=seed),
+        )
+    )
+
+
+def tiny_skyreels_i2v_pipeline(transformer: Any = None, seed: int = 0) -> Any:
+    """A SkyReelsV2ImageToVideoPipeline with a tiny I2V sketcher and a tiny CLIP image encoder."""
+    from diffusers import SkyReelsV2ImageToVideoPipeline
+
+    encoder, processor = tiny_clip_image_encoder(seed)
+    return _quiet(
+        SkyReelsV2ImageToVideoPipeline(
+            **_wan_text_parts(seed),
+            image_encoder=encoder,
+            image_processor=processor,
+            vae=tiny_wan_vae(seed=seed),
+            scheduler=make_scheduler(),
+            transformer=transformer if transformer is not None else tiny_skyreels_i2v_transformer(seed=seed),
+        )
+    )
+
+
+def tiny_skyreels_df_pipeline(seed: int = 0) -> Any:
+    """A SkyReelsV2DiffusionForcingPipeline (refused by SRD; built to test the refusal)."""
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
+
+    return _quiet(
+        SkyReelsV2DiffusionForcingPipeline(
+            **_wan_text_parts(seed),
+            vae=tiny_wan_vae(seed=seed),
+            scheduler=make_scheduler(),
+            transformer=tiny_skyreels_transformer(seed=seed),
+        )
+    )
