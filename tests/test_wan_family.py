@@ -192,3 +192,47 @@ def test_v2v_renderer_carrying_the_sketchers_weights_gives_the_plain_output(fami
     plain = frames(pipe, call(STEPS, STRENGTH))
     srd.enable(pipe, copy.deepcopy(pipe.transformer), switch="step", switch_step=2)
     assert torch.equal(frames(pipe, call(STEPS, STRENGTH)), plain)
+
+
+# -- discovery: srd doctor, srd-run ------------------------------------------------------------------------
+NEW_PIPELINES = {
+    "srd_plugin.adapters.wan": ("WanVideoToVideoPipeline", "WanVACEPipeline", "WanImageToVideoPipeline"),
+    "srd_plugin.adapters.cogvideox": ("CogVideoXVideoToVideoPipeline", "CogVideoXImageToVideoPipeline"),
+    "srd_plugin.adapters.skyreels": ("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline"),
+}
+
+
+def test_doctor_names_every_new_pipeline(capsys):
+    from srd_plugin.cli import main
+
+    main(["doctor"])
+    lines = capsys.readouterr().out.splitlines()
+    for plugin, names in NEW_PIPELINES.items():
+        [line] = [line for line in lines if line.strip().startswith(plugin + " ")]
+        assert all(name in line for name in names), line
+
+
+def test_srd_run_watches_every_new_pipeline_and_the_refused_diffusion_forcing_ones():
+    import diffusers
+
+    from srd_plugin.launcher import watched_classes
+
+    watched = {cls.__name__ for cls in watched_classes()}
+    assert {name for names in NEW_PIPELINES.values() for name in names} <= watched
+    assert "SkyReelsV2DiffusionForcingPipeline" in watched  # watched so that srd-run says why it is refused
+    assert all(isinstance(getattr(diffusers, name), type) for name in watched if name[0].isupper())
+
+
+def test_srd_run_enables_a_video_to_video_pipeline_it_sees_built():
+    from srd_plugin.config import SRDConfig
+    from srd_plugin.launcher import watching
+    from srd_plugin.settings import Settings
+
+    factory = "srd_plugin.testing:tiny_wan_renderer"
+    settings = Settings(True, SRDConfig(switch="step", switch_step=2), factory, renderer_is_factory=True)
+    with watching(settings, log=lambda line: None):
+        pipe = tiny_wan_v2v_pipeline()
+        assert srd.is_enabled(pipe)
+        frames(pipe, tiny_wan_v2v_call_kwargs(STEPS, STRENGTH))
+    assert srd.last_trace(pipe).roles == ["sketch"] * 2 + ["render"] * 4  # 6 of 10 steps run (strength 0.6)
+    srd.disable(pipe)

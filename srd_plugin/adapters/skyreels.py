@@ -92,3 +92,11 @@ def srd_get_adapter(pipe: Any) -> Adapter | None:
 @hookimpl
 def srd_supported_pipelines() -> list[str]:
     return list(SkyReelsAdapter.pipeline_classes)
+
+
+@hookimpl
+def srd_pipeline_classes() -> list[type]:
+    """`srd-run` also watches the diffusion-forcing pipelines, so that it says why it leaves them untouched."""
+    import diffusers
+
+    return [getattr(diffusers, name) for name in DIFFUSION_FORCING_CLASSES]
