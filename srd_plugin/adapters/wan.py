@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
 
 #: config entries that must agree between sketcher and renderer, with what they mean
 WAN_MUST_MATCH = {
-    "in_channels": "input channels (latent, plus mask and image condition for I2V models)",
+    "in_channels": "latent channels",
     "out_channels": "output channels",
     "patch_size": "patch size",
     "text_dim": "text embedding width",
