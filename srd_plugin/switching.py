@@ -15,6 +15,10 @@ prediction o_i still moves:
 After step i, with n = i + 1 sketch steps done, it switches when n >= min_sketch_steps
 and either 0 < s_i < threshold (the change has started to settle, slowly) or
 n >= max_sketch_steps.
+
+A host that changes model itself (Wan2.2's two experts) has the adaptive rule start at
+`observe_from` (set by the runtime from the adapter): earlier steps are neither observed nor
+allowed to switch, and the first observed step plays the part of step 0 for d_i.
 """
 
 from __future__ import annotations

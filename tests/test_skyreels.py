@@ -77,3 +77,8 @@ def test_supported_pipelines_name_skyreels_but_not_diffusion_forcing():
     names = supported_pipelines()
     assert {"SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline"} <= set(names)
     assert not any("DiffusionForcing" in name for name in names)
+
+
+def test_alignment_fields_refused_as_for_wan():
+    with pytest.raises(ValueError, match="renderer_scaling_factor"):
+        srd.enable(tiny_skyreels_pipeline(), tiny_skyreels_transformer(RENDERER_SIZE), renderer_scaling_factor=1.0)

@@ -181,7 +181,7 @@ def srd_check_setup(session: Any) -> list[str] | None:
     """Refuse the alignment fields: Wan 14B and 1.3B share one VAE and one flow parametrization,
     so there is nothing to align, and a value given here would silently do nothing.
     (`align` is accepted either way: for Wan both "auto" and "none" are the identity.)"""
-    if session.adapter is not _ADAPTER:
+    if not isinstance(session.adapter, WanAdapter):  # SkyReels-V2's adapter too: same VAE and schedule
         return None
     return [
         f"SRDConfig.{name}={getattr(session.config, name)!r} applies to models with different latent "
