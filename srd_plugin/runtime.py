@@ -111,7 +111,9 @@ class RouterHook(ModelHook):
         if run is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         try:
-            if not run.anchored:
+            # eager: anchor before the first forward; a compiled module (`module.compile()`) leaves it
+            # to the first scheduler step (`scheduler_step`), so its graph holds no Python-side bookkeeping
+            if not run.anchored and getattr(module, "_compiled_call_impl", None) is None:
                 session.anchor_run(run, session.adapter.loop_timestep(args, kwargs))
             if run.phase == RENDER:
                 return session.render(run, args, kwargs, self.context._context, self)
@@ -337,13 +339,16 @@ class Session:
         policy.observe_from = self.adapter.first_observed_step(self.pipe, timesteps, num_train_timesteps)
         return policy.start(timesteps, num_train_timesteps)
 
-    def anchor_run(self, run: Run, timestep: float | None) -> None:
+    def anchor_run(self, run: Run, timestep: float | None, before_forward: bool = True) -> None:
         """At the run's first model call: if the loop starts inside the schedule (video-to-video
         `strength` slices `timesteps[t_start:]`), size the run to the steps the loop really runs.
 
         Called before the first forward, so a switch step beyond those steps fails before any
         denoising. The loop's first timestep is looked up in the scheduler's schedule; a value not
         found there (a host that rescales its timesteps) leaves the run as `set_timesteps` sized it.
+        With a compiled sketcher it is called at the first scheduler step instead (`before_forward`
+        False): step 0 has run on the sketcher by then, so a run that should render from step 0
+        renders from step 1 (said in the trace).
         """
         run.anchored = True
         full = run.trace.timesteps
@@ -362,7 +367,11 @@ class Session:
             f"strength): this call runs {len(timesteps)} steps"
         )
         if first_phase == RENDER and run.phase != RENDER:
-            self._switch(run, 0)
+            if before_forward:
+                self._switch(run, 0)
+            else:
+                run.trace.events.append("step 0 had run on the sketcher before the run was sized: rendering from 1")
+                self._switch(run, 1)
 
     def _place_renderer(self, run: Run) -> None:
         """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`),
@@ -399,6 +408,8 @@ class Session:
     def scheduler_step(self, run: Run, original_step: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         try:
             bound = self._step_signature.bind(*args, **kwargs)
+            if not run.anchored:  # no eager model call anchored the run (a compiled sketcher)
+                self.anchor_run(run, self.adapter.loop_timestep((), bound.arguments), before_forward=False)
             x0 = None
             if run.phase == SKETCH and not run.policy_done and run.policy.observes(run.step_index):
                 x0 = self.adapter.predict_x0(

@@ -857,6 +857,7 @@ def run_runtime(config, timesteps, x0s=None):
     """One call of the real runtime (router + scheduler wrapper) on toy parts; returns (served, trace)."""
     sketcher, renderer = Constant(1), Constant(2)
     pipe = ToyPipe()
+    pipe.transformer = sketcher  # the adapter protocol's default sketcher (and routed module)
     pipe.scheduler = ToyScheduler(timesteps)
     session = Session(pipe, ScriptedAdapter(x0s), sketcher, renderer, config, bare_manager())
     session.install()

@@ -236,3 +236,20 @@ def test_srd_run_enables_a_video_to_video_pipeline_it_sees_built():
         frames(pipe, tiny_wan_v2v_call_kwargs(STEPS, STRENGTH))
     assert srd.last_trace(pipe).roles == ["sketch"] * 2 + ["render"] * 4  # 6 of 10 steps run (strength 0.6)
     srd.disable(pipe)
+
+
+def test_v2v_with_a_compiled_sketcher_is_sized_at_the_first_scheduler_step():
+    """`transformer.compile()`: the router leaves the anchoring to the first scheduler step (no graph break)."""
+    pipe, renderer = tiny_wan_v2v_pipeline(), tiny_wan_renderer()
+    srd.enable(pipe, renderer, switch="step", switch_step=2)
+    eager = frames(pipe, tiny_wan_v2v_call_kwargs(STEPS, STRENGTH))
+    torch._dynamo.reset()
+    try:
+        pipe.transformer.compile(backend="eager")
+        assert torch.equal(frames(pipe, tiny_wan_v2v_call_kwargs(STEPS, STRENGTH)), eager)
+        assert srd.last_trace(pipe).roles == ["sketch"] * 2 + ["render"] * 4
+        srd.enable(pipe, renderer, switch="step", switch_step=8)
+        with pytest.raises(ValueError, match="switch_step=8 is beyond the 6 denoising steps"):
+            frames(pipe, tiny_wan_v2v_call_kwargs(STEPS, STRENGTH))
+    finally:
+        torch._dynamo.reset()

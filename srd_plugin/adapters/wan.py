@@ -99,7 +99,7 @@ class WanAdapter(Adapter):
         if not isinstance(renderer, WanTransformer3DModel) or isinstance(renderer, WanVACETransformer3DModel):
             return [
                 f"model family: the sketcher is a WanTransformer3DModel, the renderer a {type(renderer).__name__}; "
-                "pass a Wan transformer (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
+                "pass a Wan2.1 transformer (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
             ]
         return self.compatibility_problems_of(sketcher, renderer, WAN_MUST_MATCH)
 
