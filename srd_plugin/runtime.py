@@ -503,8 +503,11 @@ class Session:
         return self._renderer_failed(run, args, kwargs, router)
 
     def _renderer_call(self, router: RouterHook) -> Any:
-        if self.renderer is self.sketcher:  # allowed (with a warning at enable): skip our own router
-            return router.fn_ref.original_forward
+        """The renderer's forward; a renderer that is itself a routed module (the sketcher, allowed with a
+        warning at enable, or Wan2.2's low-noise expert) is called past its router, not back into it."""
+        for module, own in zip(self._routed, self._routers):
+            if module is self.renderer:
+                return own.fn_ref.original_forward
         return self.renderer
 
     def _renderer_cache_context(self, context: Any) -> Any:

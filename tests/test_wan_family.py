@@ -253,3 +253,23 @@ def test_v2v_with_a_compiled_sketcher_is_sized_at_the_first_scheduler_step():
             frames(pipe, tiny_wan_v2v_call_kwargs(STEPS, STRENGTH))
     finally:
         torch._dynamo.reset()
+
+
+def test_wan22_low_noise_expert_as_the_renderer_moves_the_boundary_earlier():
+    """The renderer may be `transformer_2` itself (a routed module): called past its router, no recursion;
+    switching at the boundary is then exactly the plain two-expert run, and earlier moves the boundary."""
+    pipe = tiny_wan22_pipeline()
+    plain = frames(pipe, tiny_call_kwargs(STEPS))
+    boundary = wan22_boundary_step(pipe)
+    expert = pipe.transformer_2
+    srd.enable(pipe, expert, switch="step", switch_step=boundary)
+    assert torch.equal(frames(pipe, tiny_call_kwargs(STEPS)), plain)
+    srd.enable(pipe, expert, switch="step", switch_step=boundary - 2)
+    expected = swap_oracle(
+        tiny_wan22_pipeline(),
+        tiny_wan22_pipeline().transformer_2,
+        boundary - 2,
+        tiny_call_kwargs(STEPS),
+        ("transformer",),
+    )
+    assert torch.equal(frames(pipe, tiny_call_kwargs(STEPS)), expected)
