@@ -155,3 +155,24 @@ def test_cogvideox_i2v_compatible_renderer_equals_the_callback_oracle(k):
     srd.enable(pipe, renderer, switch="adaptive", min_sketch_steps=2, max_sketch_steps=4)
     frames(pipe, tiny_cogvideox_i2v_call_kwargs(STEPS))
     assert srd.last_trace(pipe).completed
+
+
+def test_cogvideox_i2v_renderer_carrying_the_sketchers_weights_gives_the_plain_output():
+    pipe = tiny_cogvideox_i2v_pipeline()
+    plain = frames(pipe, tiny_cogvideox_i2v_call_kwargs(STEPS))
+    srd.enable(pipe, copy.deepcopy(pipe.transformer), switch="step", switch_step=3)
+    assert torch.equal(frames(pipe, tiny_cogvideox_i2v_call_kwargs(STEPS)), plain)
+
+
+def test_cogvideox_v2v_with_the_2b_like_renderer_is_aligned_over_the_steps_run():
+    """The real pair's case: 2B-like renderer (no rotary, VAE scaling and noise schedule of the 2B)."""
+    from srd_plugin.testing import cogvideox_2b_alignment
+    from srd_plugin.testing.wan_family import tiny_cogvideox_v2v_call_kwargs, tiny_cogvideox_v2v_pipeline
+
+    pipe = tiny_cogvideox_v2v_pipeline()
+    srd.enable(pipe, tiny_cogvideox_renderer(), switch="step", switch_step=2, **cogvideox_2b_alignment())
+    output = frames(pipe, tiny_cogvideox_v2v_call_kwargs(10, 0.6))
+    trace = srd.last_trace(pipe)
+    assert trace.completed and trace.roles == ["sketch"] * 2 + ["render"] * 4
+    assert any("cogvideox alignment" in event for event in trace.events)
+    assert bool(torch.isfinite(output).all())
