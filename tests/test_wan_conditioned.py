@@ -176,3 +176,13 @@ def test_cogvideox_v2v_with_the_2b_like_renderer_is_aligned_over_the_steps_run()
     assert trace.completed and trace.roles == ["sketch"] * 2 + ["render"] * 4
     assert any("cogvideox alignment" in event for event in trace.events)
     assert bool(torch.isfinite(output).all())
+
+
+@pytest.mark.parametrize("k", [0, 4])
+def test_wan21_i2v_with_a_clip_image_embedding_equals_the_callback_oracle(k):
+    from srd_plugin.testing.wan_family import tiny_wan_i2v_clip_transformer
+
+    pipe, renderer = tiny_wan_i2v_pipeline(clip=True), tiny_wan_i2v_clip_transformer(RENDERER_SIZE, seed=1)
+    expected = swap_oracle(pipe, renderer, k, tiny_i2v_call_kwargs(STEPS))
+    srd.enable(pipe, renderer, switch="step", switch_step=k)
+    assert torch.equal(frames(pipe, tiny_i2v_call_kwargs(STEPS)), expected)

@@ -184,18 +184,31 @@ def tiny_wan_i2v_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0, **ove
     return tiny_wan_transformer(size, seed=seed, in_channels=I2V_IN_CHANNELS, **overrides)
 
 
-def tiny_wan_i2v_pipeline(transformer: Any = None, scheduler: str = "unipc", seed: int = 0) -> Any:
-    """A WanImageToVideoPipeline with a tiny I2V sketcher and no image encoder (image_dim None)."""
+def tiny_wan_i2v_pipeline(transformer: Any = None, scheduler: str = "unipc", seed: int = 0, clip: bool = False) -> Any:
+    """A WanImageToVideoPipeline with a tiny I2V sketcher: Wan2.2 layout (image condition in the channels
+    only) by default, Wan2.1 layout (plus a CLIP image embedding, `tiny_clip_image_encoder`) with `clip`."""
     from diffusers import WanImageToVideoPipeline
 
+    parts: dict[str, Any] = {}
+    if clip:
+        parts["image_encoder"], parts["image_processor"] = tiny_clip_image_encoder(seed)
+        if transformer is None:
+            transformer = tiny_wan_i2v_clip_transformer(seed=seed)
     return _quiet(
         WanImageToVideoPipeline(
             **_wan_text_parts(seed),
+            **parts,
             vae=tiny_wan_vae(seed=seed),
             scheduler=make_scheduler(scheduler),
             transformer=transformer if transformer is not None else tiny_wan_i2v_transformer(seed=seed),
         )
     )
+
+
+def tiny_wan_i2v_clip_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0) -> Any:
+    """A Wan2.1-style I2V transformer: image condition in the channels and a cross-attended CLIP embedding."""
+    inner = size.num_attention_heads * size.attention_head_dim
+    return tiny_wan_i2v_transformer(size, seed=seed, image_dim=CLIP_DIM, added_kv_proj_dim=inner)
 
 
 def tiny_i2v_call_kwargs(num_inference_steps: int = 8, seed: int = 0, **overrides: Any) -> dict[str, Any]:
