@@ -181,6 +181,9 @@ def _generate(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance=args.guidance,
         max_sequence_length=args.max_sequence_length,
+        strength=args.strength,
+        image=Path(args.image) if args.image else None,
+        video=Path(args.video) if args.video else None,
         seed=args.seed,
         dtype=args.dtype,
         device=args.device,
@@ -248,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
     generate.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     generate.add_argument("--max-sequence-length", type=int, help="text tokens (default: the pipeline's)")
+    generate.add_argument("--image", help="input image file (image-to-video pipelines)")
+    generate.add_argument("--video", help="input video file (video-to-video and VACE pipelines)")
+    generate.add_argument("--strength", type=float, help="share of the schedule that runs (video-to-video)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
     generate.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, ... (default: cuda if present)")

@@ -39,7 +39,11 @@ CALL_ARGUMENTS = {
     "steps": "num_inference_steps",
     "guidance": "guidance_scale",
     "max_sequence_length": "max_sequence_length",
+    "strength": "strength",
 }
+
+#: CLI option -> the pipeline `__call__` argument it sets, read from a file (image- and video-conditioned pipelines)
+MEDIA_ARGUMENTS = {"image": "image", "video": "video"}
 
 
 @dataclass
@@ -57,6 +61,9 @@ class GenerateOptions:
     steps: int | None = None
     guidance: float | None = None
     max_sequence_length: int | None = None
+    strength: float | None = None
+    image: Path | None = None
+    video: Path | None = None
     seed: int = 0
     dtype: str = "auto"
     device: str = "auto"
@@ -104,6 +111,12 @@ def check_options(options: GenerateOptions) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {value}: must be a positive integer")
     if options.fps < 1:
         raise ValueError(f"--fps {options.fps}: must be a positive integer")
+    if options.strength is not None and not 0.0 < options.strength <= 1.0:
+        raise ValueError(f"--strength {options.strength}: must lie in (0, 1] (the share of the schedule that runs)")
+    for name in MEDIA_ARGUMENTS:
+        path = getattr(options, name)
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"--{name} {str(path)!r}: no such file")
     for flag, source in (("--model", options.model), ("--renderer", options.renderer)):
         if not os.path.isdir(source) and (os.path.exists(source) or not _REPO_ID.match(source)):
             raise ValueError(
@@ -132,6 +145,13 @@ def call_arguments(pipe: Any, options: GenerateOptions) -> dict[str, Any]:
                 f"--{option.replace('_', '-')}: {type(pipe).__name__} takes no {argument!r} argument; drop the option"
             )
         kwargs[argument] = value
+    for option, argument in MEDIA_ARGUMENTS.items():
+        path = getattr(options, option)
+        if path is None:
+            continue
+        if argument not in accepted:
+            raise ValueError(f"--{option}: {type(pipe).__name__} takes no {argument!r} argument; drop the option")
+        kwargs[argument] = read_media(Path(path), option)
     kwargs["generator"] = torch.Generator().manual_seed(options.seed)
     kwargs["output_type"] = "np"
     return kwargs
@@ -147,6 +167,18 @@ def first_video(output: Any) -> Any:
     if images is None:
         raise ValueError(f"{type(output).__name__} holds neither frames nor images to write")
     return images[:1]
+
+
+def read_media(path: Path, kind: str) -> Any:
+    """An image file as one PIL image; a video file (anything imageio reads) as a list of PIL frames."""
+    from PIL import Image
+
+    from .video import read_video
+
+    if kind == "image":
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    return [Image.fromarray(frame) for frame in read_video(path)]
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "srd_plugin.adapters.ltx",
     "srd_plugin.adapters.cosmos",
     "srd_plugin.adapters.kandinsky5",
+    "srd_plugin.adapters.skyreels",
     "srd_plugin.trace_files",
     "srd_plugin.parallel.plugin",
     "srd_plugin.hooks.progress",

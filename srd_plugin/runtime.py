@@ -105,6 +105,10 @@ class Run:
     guidance: Any = None
     #: target_speedup set: this call's `speed.SpeedTarget`
     speed: Any = None
+    #: the index in the scheduler's schedule of the loop's first step (video-to-video `strength`
+    #: runs only the tail of the schedule); found at the run's first model call (`anchor_run`)
+    schedule_offset: int = 0
+    anchored: bool = False
 
 
 def _step_role(run: Run) -> str:
@@ -143,10 +147,14 @@ class RouterHook(ModelHook):
         if run is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         try:
+            # eager: anchor before the first forward; a compiled module (`module.compile()`) leaves it
+            # to the first scheduler step (`scheduler_step`), so its graph holds no Python-side bookkeeping
+            if not run.anchored and getattr(module, "_compiled_call_impl", None) is None:
+                session.anchor_run(run, session.adapter.loop_timestep(args, kwargs))
             if run.speed is not None and run.step_index == 0:
                 run.speed.observe_call(session, run, args, kwargs, self.context._context)
             if run.phase == RENDER:
-                return session.render(run, args, kwargs, self.context._context)
+                return session.render(run, args, kwargs, self.context._context, self)
             run.step_models.add(SKETCH)
             return self.fn_ref.original_forward(*args, **kwargs)
         except BaseException as error:
@@ -194,7 +202,10 @@ class Session:
         #: the scheduler of the current (or latest) call
         self.scheduler: Any = None
         self.installed = False
-        self._router: RouterHook | None = None
+        self._router: RouterHook | None = None  # the sketcher's router (the first of `_routers`)
+        self._routers: list[RouterHook] = []
+        #: every host module the renderer replaces (`Adapter.routed_modules`: the sketcher; Wan2.2: both experts)
+        self._routed: tuple[torch.nn.Module, ...] = ()
         #: scheduler -> its (set_timesteps, step) wrappers; weak, so a dropped scheduler goes away
         self._wrapped: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
         self._step_signature: inspect.Signature | None = None
@@ -244,15 +255,21 @@ class Session:
         already installed is removed again before the error propagates, so a failed
         install leaves the pipeline as it was.
         """
+        self._routed = tuple(self.adapter.routed_modules(self.pipe))
+        self._routers = []
         self.installed = True
         try:
             # claimed first, so that "as SRD found it" means before any plugin's hooks, too
-            attachments.claim_hook(self.sketcher, ROUTER_HOOK_NAME)
+            for module in self._routed:
+                attachments.claim_hook(module, ROUTER_HOOK_NAME)
             self.adapter.prepare_session(self)
             self.hook.srd_before_install(session=self)  # e.g. context parallelism, which must sit inside the router
-            registry = HookRegistry.check_if_exists_or_initialize(self.sketcher)
-            self._router = RouterHook(self)
-            registry.register_hook(self._router, ROUTER_HOOK_NAME)
+            for module in self._routed:  # the sketcher, and any other host module the renderer replaces
+                registry = HookRegistry.check_if_exists_or_initialize(module)
+                router = RouterHook(self)
+                registry.register_hook(router, ROUTER_HOOK_NAME)
+                self._routers.append(router)
+            self._router = self._routers[0]
             for pipe in self.pipes:
                 self._wrap_scheduler(pipe.scheduler)
             for role in (SKETCH, RENDER):
@@ -299,11 +316,13 @@ class Session:
                 self.abort_run(self.active_run, None)
 
     def _remove_interceptions(self) -> None:
-        registry = getattr(self.sketcher, "_diffusers_hook", None)
-        if registry is not None and self._router is not None and registry.get_hook(ROUTER_HOOK_NAME) is self._router:
-            registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
-            _drop_leftovers(self.sketcher, registry)
-        attachments.release_hook(self.sketcher, ROUTER_HOOK_NAME)
+        routers = self._routers + [None] * (len(self._routed) - len(self._routers))
+        for module, router in zip(self._routed, routers):
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and router is not None and registry.get_hook(ROUTER_HOOK_NAME) is router:
+                registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
+                _drop_leftovers(module, registry)
+            attachments.release_hook(module, ROUTER_HOOK_NAME)
         for scheduler in list(self._wrapped):
             self._unwrap_scheduler(scheduler)
         self.installed = False
@@ -388,7 +407,7 @@ class Session:
             problem = self.adapter.scheduler_problem(scheduler)
             if problem:
                 raise ValueError(problem)
-        first_phase = policy.start(timesteps, scheduler.config.get("num_train_timesteps", 1000))
+        first_phase = self._start_policy(policy, timesteps, scheduler)
         trace = RunTrace(
             pipeline=type(caller).__name__ if caller is not None else self.pipeline_name,
             policy=policy.name,
@@ -446,6 +465,47 @@ class Session:
             run.trace.events.append(note)
             warnings.warn(f"srd_plugin: {note}", stacklevel=4)
 
+    def _start_policy(self, policy: SwitchPolicy, timesteps: list[float], scheduler: Any) -> str:
+        """Start the policy on the steps the loop runs; the adapter says from which of them an
+        adaptive policy may observe and switch (e.g. Wan2.2: from the low-noise expert on)."""
+        num_train_timesteps = scheduler.config.get("num_train_timesteps", 1000)
+        policy.observe_from = self.adapter.first_observed_step(self.pipe, timesteps, num_train_timesteps)
+        return policy.start(timesteps, num_train_timesteps)
+
+    def anchor_run(self, run: Run, timestep: float | None, before_forward: bool = True) -> None:
+        """At the run's first model call: if the loop starts inside the schedule (video-to-video
+        `strength` slices `timesteps[t_start:]`), size the run to the steps the loop really runs.
+
+        Called before the first forward, so a switch step beyond those steps fails before any
+        denoising. The loop's first timestep is looked up in the scheduler's schedule; a value not
+        found there (a host that rescales its timesteps) leaves the run as `set_timesteps` sized it.
+        With a compiled sketcher it is called at the first scheduler step instead (`before_forward`
+        False): step 0 has run on the sketcher by then, so a run that should render from step 0
+        renders from step 1 (said in the trace).
+        """
+        run.anchored = True
+        full = run.trace.timesteps
+        if run.step_index != 0 or timestep is None or timestep not in full:
+            return
+        offset = full.index(timestep)
+        if offset == 0:
+            return
+        timesteps = full[offset:]
+        first_phase = self._start_policy(run.policy, timesteps, run.scheduler)
+        run.schedule_offset = offset
+        run.num_steps = run.trace.num_steps = len(timesteps)
+        run.trace.timesteps = timesteps
+        run.trace.events.append(
+            f"the loop starts at step {offset} of the scheduler's {len(full)}-step schedule (e.g. video-to-video "
+            f"strength): this call runs {len(timesteps)} steps"
+        )
+        if first_phase == RENDER and run.phase != RENDER:
+            if before_forward:
+                self._switch(run, 0)
+            else:
+                run.trace.events.append("step 0 had run on the sketcher before the run was sized: rendering from 1")
+                self._switch(run, 1)
+
     def _place_renderer(self, run: Run) -> None:
         """Follow the sketcher when the user moved the pipeline after `enable` (`pipe.to(...)`),
         unless a placement plugin (offloading, prefetch: `srd_place_renderer`) owns the renderer's placement.
@@ -481,11 +541,14 @@ class Session:
     def scheduler_step(self, run: Run, original_step: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         try:
             bound = self._step_signature.bind(*args, **kwargs)
+            if not run.anchored:  # no eager model call anchored the run (a compiled sketcher)
+                self.anchor_run(run, self.adapter.loop_timestep((), bound.arguments), before_forward=False)
             if run.step_index == 0:
                 self._skip_unrun_head(run, bound.arguments.get("timestep"))
             x0 = None
-            if run.phase == SKETCH and not run.policy_done and run.policy.needs_x0:
-                x0 = self.adapter.predict_x0_from_step(run.scheduler, bound.arguments, run.step_index)
+            if run.phase == SKETCH and not run.policy_done and run.policy.observes(run.step_index):
+                index = run.schedule_offset + run.step_index  # the scheduler's own index of this step
+                x0 = self.adapter.predict_x0_from_step(run.scheduler, bound.arguments, index)
             result = original_step(*args, **kwargs)
             self._finish_step(run, x0, bound.arguments["sample"])
             return result
@@ -577,8 +640,9 @@ class Session:
     # sketcher's graph; the renderer runs eagerly, or in its own compiled region if the user
     # compiled it. The sketch phase stays one graph (the router itself is traced through).
     @torch.compiler.disable
-    def render(self, run: Run, args: tuple, kwargs: dict[str, Any], context: Any) -> Any:
-        call = self._renderer_call()
+    def render(self, run: Run, args: tuple, kwargs: dict[str, Any], context: Any, router: RouterHook) -> Any:
+        """The renderer in place of the module `router` sits on (the sketcher, or another routed module)."""
+        call = self._renderer_call(router)
         try:
             output = self._render_once(run, call, args, kwargs, context)
         except Exception as error:
@@ -590,7 +654,7 @@ class Session:
         if all_finite(output):
             run.step_models.add(RENDER)
             return output
-        return self._renderer_failed(run, args, kwargs)
+        return self._renderer_failed(run, args, kwargs, router)
 
     def _render_once(self, run: Run, call: Any, args: tuple, kwargs: dict[str, Any], context: Any) -> Any:
         """The adapter's render call under the host's cache context; with render_guidance="off"
@@ -604,9 +668,12 @@ class Session:
             return rendered(args, kwargs)
         return run.guidance.render(run.step_index, args, kwargs, context, rendered)
 
-    def _renderer_call(self) -> Any:
-        if self.renderer is self.sketcher:  # allowed (with a warning at enable): skip our own router
-            return self._router.fn_ref.original_forward
+    def _renderer_call(self, router: RouterHook) -> Any:
+        """The renderer's forward; a renderer that is itself a routed module (the sketcher, allowed with a
+        warning at enable, or Wan2.2's low-noise expert) is called past its router, not back into it."""
+        for module, own in zip(self._routed, self._routers):
+            if module is self.renderer:
+                return own.fn_ref.original_forward
         return self.renderer
 
     def _renderer_cache_context(self, context: Any) -> Any:
@@ -622,7 +689,7 @@ class Session:
             sigma=context.sigma,
         )
 
-    def _renderer_failed(self, run: Run, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def _renderer_failed(self, run: Run, args: tuple, kwargs: dict[str, Any], router: RouterHook) -> Any:
         """The sketcher redoes this call; the reason says what the user needs to know.
 
         The output is only checked (never the inputs, which would double the cost); the inputs
@@ -641,7 +708,7 @@ class Session:
             )
         self.fall_back(run, reason)
         run.step_models.add(SKETCH)
-        return self._router.fn_ref.original_forward(*args, **kwargs)
+        return router.fn_ref.original_forward(*args, **kwargs)
 
     def fall_back(self, run: Run, reason: str, error: BaseException | None = None) -> None:
         """The renderer cannot be used: the sketcher runs the rest of this call (or raise, if so configured).

@@ -16,6 +16,10 @@ After step i, with n = i + 1 sketch steps done, it switches when n >= min_sketch
 and either 0 < s_i < threshold (the change has started to settle, slowly) or
 n >= max_sketch_steps. A speed target (`target_speedup`, see speed.py) tightens the last
 bound to the latest switch step that still reaches it.
+
+A host that changes model itself (Wan2.2's two experts) has the adaptive rule start at
+`observe_from` (set by the runtime from the adapter): earlier steps are neither observed nor
+allowed to switch, and the first observed step plays the part of step 0 for d_i.
 """
 
 from __future__ import annotations
@@ -65,6 +69,13 @@ class SwitchPolicy:
         self.num_steps = 0
         self.timesteps: list[float] = []
         self.num_train_timesteps = 1000
+        #: the first step the adaptive policy observes and may switch after (set by the runtime from
+        #: the adapter's `first_observed_step`; Wan2.2: the low-noise expert's first step)
+        self.observe_from = 0
+
+    def observes(self, step_index: int) -> bool:
+        """Whether this step's guided x0 prediction is needed."""
+        return self.needs_x0 and step_index >= self.observe_from
 
     def start(self, timesteps: Sequence[float], num_train_timesteps: int) -> str:
         """Begin a run; validate against its step count; return the role of step 0."""
@@ -164,6 +175,8 @@ class AdaptivePolicy(SwitchPolicy):
         self.max_sketch_steps = self.config.resolved_max_sketch_steps(self.num_steps)
 
     def after_step(self, step_index: int, x0: torch.Tensor | None) -> Decision:
+        if step_index < self.observe_from:  # not observed: no evidence, no switch
+            return Decision(metric=None, switch=False)
         if x0 is None:
             raise ValueError("the adaptive policy needs the guided x0 prediction of every sketch step")
         distance = None if self._previous_x0 is None else relative_change(self._previous_x0, x0)

@@ -99,7 +99,9 @@ LOADING_HOST = """
     import sys
     import torch
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanPipeline
-    from srd_plugin.testing import tiny_call_kwargs, tiny_wan_transformer
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
+    from srd_plugin.testing import tiny_call_kwargs
+    from srd_plugin.testing.wan_family import tiny_skyreels_transformer
 
     class SchedulerOnly(DiffusionPipeline):
         def __init__(self, scheduler):
@@ -108,8 +110,9 @@ LOADING_HOST = """
 
     pipe = WanPipeline.from_pretrained(sys.argv[1])
     pipe.set_progress_bar_config(disable=True)
-    # a Wan2.2-style pipeline with two experts, built from components: refused by the Wan adapter
-    WanPipeline(**{**pipe.components, "transformer_2": tiny_wan_transformer()}, boundary_ratio=0.5)
+    # a SkyReels-V2 diffusion-forcing pipeline, built from components: refused by its adapter
+    parts = {k: v for k, v in pipe.components.items() if k != "transformer_2"}
+    SkyReelsV2DiffusionForcingPipeline(**{**parts, "transformer": tiny_skyreels_transformer()})
     # a pipeline class no adapter knows, loaded from weights
     SchedulerOnly(scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(sys.argv[3])
     SchedulerOnly.from_pretrained(sys.argv[3])
@@ -129,8 +132,9 @@ def test_pipelines_loaded_and_built_are_found_and_everything_is_restored(saved_w
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("srd-run:")]
     assert lines[0].startswith("srd-run: SRD on WanPipeline #1: renderer srd_plugin.testing:tiny_wan_renderer")
     assert lines[0].endswith("policy step (switch_step 3)")
-    assert lines[1].startswith("srd-run: warning: WanPipeline is not supported, left untouched (")
-    assert "transformer_2" in lines[1]
+    refused = "srd-run: warning: SkyReelsV2DiffusionForcingPipeline is not supported, left untouched ("
+    assert lines[1].startswith(refused)
+    assert "deep-copies the scheduler" in lines[1]
     assert lines[2].startswith("srd-run: warning: SchedulerOnly is not supported, left untouched (")
     assert len(lines) == 3
     [trace_file] = (tmp_path / "traces").glob("*.json")

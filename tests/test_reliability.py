@@ -114,9 +114,10 @@ def test_unsupported_pipeline_lists_supported():
     assert {"WanPipeline", "CogVideoXPipeline"} <= set(info.value.supported)
 
 
-def test_wan22_moe_pipeline_is_refused(pipe, renderer):
-    moe = WanPipeline(**{**pipe.components, "transformer_2": renderer}, boundary_ratio=0.875)
-    with pytest.raises(UnsupportedPipelineError, match="transformer_2.*Wan2.2.*Load the pipeline without"):
+def test_wan22_pipeline_without_its_high_noise_expert_is_refused(pipe, renderer):
+    """Wan2.2's two experts are served (tests/test_wan_family.py); one holding only `transformer_2` is not."""
+    moe = WanPipeline(**{**pipe.components, "transformer": None, "transformer_2": renderer}, boundary_ratio=0.875)
+    with pytest.raises(UnsupportedPipelineError, match="no transformer .only transformer_2.*high-noise expert"):
         srd.enable(moe, tiny_wan_renderer(seed=3))
 
 
@@ -853,6 +854,7 @@ def run_runtime(config, timesteps, x0s=None):
     """One call of the real runtime (router + scheduler wrapper) on toy parts; returns (served, trace)."""
     sketcher, renderer = Constant(1), Constant(2)
     pipe = ToyPipe()
+    pipe.transformer = sketcher  # the adapter protocol's default sketcher (and routed module)
     pipe.scheduler = ToyScheduler(timesteps)
     pipe.transformer = sketcher  # traces belong to the sketcher (docs/architecture.md, "State")
     session = Session(pipe, ScriptedAdapter(x0s), sketcher, renderer, config, bare_manager())

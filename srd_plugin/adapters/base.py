@@ -91,6 +91,38 @@ class Adapter:
         """The host module the pipeline calls every step (the sketcher)."""
         return pipe.transformer
 
+    def routed_modules(self, pipe: Any) -> tuple[torch.nn.Module, ...]:
+        """Every host module whose calls the renderer takes over from the switch step on.
+
+        Default: the sketcher alone. A host with several denoisers (Wan2.2's two experts) names
+        them all, so the renderer replaces whichever one the host calls in a render step.
+        """
+        return (self.sketcher(pipe),)
+
+    def loop_timestep(self, args: tuple, kwargs: dict[str, Any]) -> float | None:
+        """The timestep of a model call as a number, if the call carries one value for the whole
+        batch (None otherwise: per-token or per-frame timesteps).
+
+        The runtime looks the loop's first timestep up in the schedule, so a host whose loop runs
+        only the tail of its schedule (video-to-video `strength`) is sized by the steps it runs.
+        Default: the `timestep` keyword, else the second positional argument (diffusers' layout).
+        """
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if not isinstance(timestep, (torch.Tensor, int, float)):
+            return None
+        values = torch.as_tensor(timestep).reshape(-1)
+        if values.numel() == 0 or not bool((values == values[0]).all()):
+            return None
+        return float(values[0])
+
+    def first_observed_step(self, pipe: Any, timesteps: list[float], num_train_timesteps: int) -> int:
+        """The first step of the run the adaptive policy observes and may switch after (default 0).
+
+        A host whose early steps are not comparable with its later ones (Wan2.2: another expert
+        before its boundary) starts the adaptive rule later.
+        """
+        return 0
+
     # -- the renderer ------------------------------------------------------------------
     def transformer_class(self, pipe: Any) -> type:
         """The class used to load a renderer from a path: the host's own."""

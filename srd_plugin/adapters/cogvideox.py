@@ -84,9 +84,15 @@ class RunState:
     clamp_reported: bool = False
 
 
+#: the pipelines served: text-to-video, video-to-video (`strength` runs the tail of the schedule: the
+#: runtime sizes the run by the loop's first timestep) and image-to-video (a renderer that takes the
+#: image latent; no CogVideoX-2B image-to-video model is published, so the 2B is refused there)
+PIPELINE_CLASSES = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "CogVideoXImageToVideoPipeline")
+
+
 class CogVideoXAdapter(Adapter):
     name = "cogvideox"
-    pipeline_classes = ("CogVideoXPipeline",)
+    pipeline_classes = PIPELINE_CLASSES
     #: CFG is one call on [uncond, cond]: `render_guidance="off"` renders the second half only
     cfg_layout = CFGLayout(
         calls=BATCHED, batch_arguments=("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs")
@@ -105,7 +111,16 @@ class CogVideoXAdapter(Adapter):
                 f"{type(renderer).__name__}; pass a CogVideoX transformer (e.g. THUDM/CogVideoX-2b)"
             ]
         problems = config_mismatches(sketcher, renderer, COGVIDEOX_MUST_MATCH)
-        if renderer.config.use_learned_positional_embeddings:
+        if _takes_image_latent(sketcher) and not _takes_image_latent(renderer):
+            problems[:] = [p for p in problems if "(in_channels)" not in p]
+            problems.insert(
+                0,
+                f"image condition (in_channels): the sketcher is an image-to-video model (in_channels "
+                f"{sketcher.config.in_channels}: the noisy latent and the image latent), the renderer takes "
+                f"{renderer.config.in_channels} channels. No CogVideoX-2B image-to-video model is published; pass an "
+                "image-to-video renderer of the CogVideoX family with the same channels",
+            )
+        if renderer.config.use_learned_positional_embeddings and not sketcher.config.use_learned_positional_embeddings:
             problems.append(
                 "positional embeddings: the renderer uses learned positional embeddings (an image-to-video "
                 "model); a text-to-video pipeline needs a text-to-video renderer"
@@ -386,6 +401,11 @@ def _check_text_length(config: Any, text: torch.Tensor) -> None:
     )
 
 
+def _takes_image_latent(model: torch.nn.Module) -> bool:
+    """An image-to-video CogVideoX transformer: its input is the noisy latent and the image latent side by side."""
+    return model.config.in_channels == 2 * model.config.out_channels
+
+
 def _sample_of(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output.sample
 
@@ -415,9 +435,9 @@ _ADAPTER = CogVideoXAdapter()
 
 @hookimpl
 def srd_get_adapter(pipe: Any) -> Adapter | None:
-    from diffusers import CogVideoXPipeline
+    import diffusers
 
-    return _ADAPTER if isinstance(pipe, CogVideoXPipeline) else None
+    return _ADAPTER if isinstance(pipe, tuple(getattr(diffusers, name) for name in PIPELINE_CLASSES)) else None
 
 
 @hookimpl
@@ -431,7 +451,15 @@ def srd_check_setup(session: Session) -> list[str] | None:
     if session.adapter is not _ADAPTER:
         return None
     facts, problems = resolve_renderer_parametrization(session)
-    if facts.alphas_cumprod is not None or facts.scaling_factor is not None:
+    aligned = facts.alphas_cumprod is not None or facts.scaling_factor is not None
+    if aligned and session.config.align != "none" and _takes_image_latent(session.sketcher):
+        problems.append(
+            "latent alignment is not implemented for image-to-video: the model input carries the clean image latent "
+            "beside the noisy one, and only the noisy half may be rescaled. Use a renderer that shares the host's VAE "
+            "scaling and noise schedule and drop renderer_scaling_factor / renderer_scheduler_config (or set "
+            "align='none')"
+        )
+    if aligned:
         problem = _v_prediction_problem(session.pipe.scheduler, "the host scheduler")
         if problem and session.config.align != "none":
             problems.append(f"{problem} (needed to align the renderer)")

@@ -1,25 +1,49 @@
-"""Adapter for diffusers' WanPipeline (Wan2.1 text-to-video: 14B sketches, 1.3B renders).
+"""Adapter for diffusers' Wan pipelines: Wan2.1 / Wan2.2 text-to-video, video-to-video, VACE and image-to-video.
 
 Wan 14B and 1.3B share the VAE, the umT5 text encoder and the flow-matching
 parametrization, so the renderer takes the host's arguments unchanged and its velocity
 prediction is used as is. Each model computes its own rotary embeddings from its own
 config inside `forward`, so head counts and head dims may differ freely.
 
-CFG: the pipeline calls the transformer twice per step (cond, uncond) under
+CFG: the pipelines call the transformer twice per step (cond, uncond) under
 `cache_context("cond")` / `cache_context("uncond")`; the runtime keeps both calls of a
 step on one model, and with `render_guidance="off"` serves the uncond call of a render step
 with the cond call's output (`cfg_layout`).
+
+What each pipeline adds (see docs/adapters.md):
+
+* **WanVideoToVideoPipeline**: `strength` runs only the tail of the schedule; the runtime sizes
+  the run by the loop's first timestep (`Adapter.loop_timestep`), so switch steps, the trace
+  and x0 follow the steps the loop really runs.
+* **Wan2.2 A14B** (`transformer_2` with `boundary_ratio`): the host's own expert switch stays
+  as it is; the renderer replaces *both* experts from its switch step on (the router sits on
+  both, `routed_modules`). The adaptive policy observes and may switch only from the
+  boundary on, on the low-noise expert's predictions (`first_observed_step`): before it the
+  x0 predictions come from another model, and a switch there would skip the low-noise expert
+  on the strength of the high-noise expert's settling.
+* **WanVACEPipeline**: control video, masks and reference images reach the renderer as
+  `control_hidden_states`; the renderer must be a VACE transformer with the same control
+  channels. `control_hidden_states_scale` has one entry per VACE layer of the sketcher; a
+  renderer with another number of VACE layers gets, for each of its VACE layers, the scale
+  of the sketcher's VACE layer nearest in relative depth (a single `conditioning_scale`, the
+  usual case, stays that value everywhere).
+* **WanImageToVideoPipeline**: a renderer must take the same input channels (latent + mask +
+  image condition) and the same image embedding (CLIP width, Wan2.1), else it is refused
+  with each mismatch named. No small Wan I2V checkpoint is published today.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
 from .base import TWO_CALLS, Adapter, CFGLayout, config_mismatches, dit_macs
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from ..runtime import Session
 
 #: config entries that must agree between sketcher and renderer, with what they mean
 WAN_MUST_MATCH = {
@@ -28,38 +52,78 @@ WAN_MUST_MATCH = {
     "patch_size": "patch size",
     "text_dim": "text embedding width",
     "image_dim": "image embedding width (I2V models)",
-    "added_kv_proj_dim": "image key/value projection (I2V models)",
+    "pos_embed_seq_len": "image embedding positions (first-last-frame models)",
 }
+
+#: VACE entries that must agree as well
+VACE_MUST_MATCH = {"vace_in_channels": "VACE control channels (vace_in_channels)"}
+
+PIPELINE_CLASSES = ("WanPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline", "WanImageToVideoPipeline")
 
 
 class WanAdapter(Adapter):
     name = "wan"
-    pipeline_classes = ("WanPipeline",)
+    pipeline_classes = PIPELINE_CLASSES
     cfg_layout = CFGLayout(calls=TWO_CALLS, cond_context="cond", uncond_context="uncond")
 
     def check_pipeline(self, pipe: Any) -> None:
-        if getattr(pipe, "transformer_2", None) is not None:
-            raise UnsupportedPipelineError(
-                pipe,
-                list(self.pipeline_classes),
-                reason=(
-                    "this WanPipeline already has a transformer_2 (a Wan2.2 mixture of experts, switched by "
-                    "boundary_ratio); SRD serves single-transformer Wan2.1 pipelines. Load the pipeline without "
-                    "transformer_2, or use diffusers' own boundary_ratio switch"
-                ),
-            )
         if getattr(pipe, "transformer", None) is None:
-            raise UnsupportedPipelineError(pipe, list(self.pipeline_classes), reason="the pipeline has no transformer")
+            reason = "the pipeline has no transformer"
+            if getattr(pipe, "transformer_2", None) is not None:
+                reason += " (only transformer_2): SRD sketches with `transformer`, the high-noise expert; load it too"
+            raise UnsupportedPipelineError(pipe, list(self.pipeline_classes), reason=reason)
+
+    def routed_modules(self, pipe: Any) -> tuple[torch.nn.Module, ...]:
+        """Both Wan2.2 experts: from the switch step on the renderer takes whichever one the host calls."""
+        second = getattr(pipe, "transformer_2", None)
+        return (pipe.transformer,) if second is None else (pipe.transformer, second)
+
+    def first_observed_step(self, pipe: Any, timesteps: list[float], num_train_timesteps: int) -> int:
+        """Wan2.2: the first step of the low-noise expert (the host's own rule, t < boundary_ratio x T)."""
+        if getattr(pipe, "transformer_2", None) is None or pipe.config.get("boundary_ratio") is None:
+            return 0
+        boundary = pipe.config.boundary_ratio * num_train_timesteps
+        return next((i for i, t in enumerate(timesteps) if t < boundary), len(timesteps))
 
     def compatibility_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
-        from diffusers import WanTransformer3DModel
+        from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
-        if not isinstance(renderer, WanTransformer3DModel):
+        if isinstance(sketcher, WanVACETransformer3DModel):
+            if not isinstance(renderer, WanVACETransformer3DModel):
+                return [
+                    f"model family: the sketcher is a WanVACETransformer3DModel (it takes the control video), the "
+                    f"renderer a {type(renderer).__name__}; pass a VACE transformer "
+                    "(e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers)"
+                ]
+            return config_mismatches(sketcher, renderer, {**WAN_MUST_MATCH, **VACE_MUST_MATCH})
+        if not isinstance(renderer, WanTransformer3DModel) or isinstance(renderer, WanVACETransformer3DModel):
             return [
                 f"model family: the sketcher is a WanTransformer3DModel, the renderer a {type(renderer).__name__}; "
                 "pass a Wan2.1 transformer (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
             ]
-        return config_mismatches(sketcher, renderer, WAN_MUST_MATCH)
+        return self.compatibility_problems_of(sketcher, renderer, WAN_MUST_MATCH)
+
+    def compatibility_problems_of(
+        self, sketcher: torch.nn.Module, renderer: torch.nn.Module, must_match: dict[str, str]
+    ) -> list[str]:
+        """The config entries that must agree, and the image key/value projection present in both or neither
+        (its width is each model's own inner width, so only its presence must match)."""
+        problems = config_mismatches(sketcher, renderer, must_match)
+        ours, theirs = sketcher.config.added_kv_proj_dim is not None, renderer.config.added_kv_proj_dim is not None
+        if ours != theirs:
+            problems.append(
+                "image key/value projection (added_kv_proj_dim): the sketcher "
+                f"{'has' if ours else 'has none'}, the renderer {'has' if theirs else 'has none'}; the renderer must "
+                "attend to the image embedding exactly when the sketcher does"
+            )
+        return problems
+
+    def render(self, session: Session, call: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        scale = kwargs.get("control_hidden_states_scale")
+        if isinstance(scale, torch.Tensor):
+            scale = vace_scale_for(session.sketcher, session.renderer, scale)
+            kwargs = {**kwargs, "control_hidden_states_scale": scale}
+        return super().render(session, call, args, kwargs)
 
     def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
         """Video tokens after the (t, h, w) patch, text tokens of `encoder_hidden_states`."""
@@ -75,14 +139,32 @@ def wan_macs(config: Any, latent_shape: tuple[int, ...], text_tokens: int) -> fl
     return dit_macs(config.num_layers, dim, config.ffn_dim, tokens, text_tokens, joint=False, batch=batch)
 
 
+def vace_scale_for(sketcher: torch.nn.Module, renderer: torch.nn.Module, scale: torch.Tensor) -> torch.Tensor:
+    """The host's per-VACE-layer scale (sized for the sketcher) resized for the renderer's VACE layers.
+
+    Same number of layers: unchanged. Otherwise each renderer VACE layer takes the scale of the
+    sketcher VACE layer nearest in relative depth (layer index / number of layers); ties go to
+    the shallower one. A uniform scale stays uniform.
+    """
+    ours, theirs = list(sketcher.config.vace_layers), list(renderer.config.vace_layers)
+    if len(theirs) == len(ours) or scale.numel() != len(ours):
+        return scale
+    depth_ours = [layer / sketcher.config.num_layers for layer in ours]
+    picks = [
+        min(range(len(ours)), key=lambda j, d=layer / renderer.config.num_layers: (abs(depth_ours[j] - d), j))
+        for layer in theirs
+    ]
+    return scale[torch.tensor(picks, device=scale.device)]
+
+
 _ADAPTER = WanAdapter()
 
 
 @hookimpl
 def srd_get_adapter(pipe: Any) -> Adapter | None:
-    from diffusers import WanPipeline
+    import diffusers
 
-    return _ADAPTER if isinstance(pipe, WanPipeline) else None
+    return _ADAPTER if isinstance(pipe, tuple(getattr(diffusers, name) for name in PIPELINE_CLASSES)) else None
 
 
 @hookimpl
@@ -95,7 +177,7 @@ def srd_check_setup(session: Any) -> list[str] | None:
     """Refuse the alignment fields: Wan 14B and 1.3B share one VAE and one flow parametrization,
     so there is nothing to align, and a value given here would silently do nothing.
     (`align` is accepted either way: for Wan both "auto" and "none" are the identity.)"""
-    if session.adapter is not _ADAPTER:
+    if not isinstance(session.adapter, WanAdapter):  # SkyReels-V2's adapter too: same VAE and schedule
         return None
     return [
         f"SRDConfig.{name}={getattr(session.config, name)!r} applies to models with different latent "

@@ -1,0 +1,102 @@
+"""Adapter for diffusers' SkyReels-V2 pipelines (Wan2.1 architecture, its own transformer class).
+
+SkyReels-V2 14B and 1.3B (540P) share the Wan2.1 VAE, the umT5 text encoder and the
+flow-matching parametrization, so the renderer takes the host's arguments unchanged, as for
+Wan: `SkyReelsV2Pipeline` (text-to-video) and `SkyReelsV2ImageToVideoPipeline` (CLIP image
+embedding and a 36-channel input, as Wan2.1 I2V) are served through the Wan adapter's rules
+with the SkyReels transformer class.
+
+One SkyReels-specific entry: `inject_sample_info` (the DF-1.3B checkpoint's fps embedding).
+The text-to-video and image-to-video pipelines do not pass `fps`, so a renderer that needs
+it is refused there.
+
+The diffusion-forcing pipelines (`SkyReelsV2DiffusionForcing*`) are refused with the reason:
+they deep-copy the scheduler once per latent frame and step those copies, several per loop
+step, with 2-D (per-frame) timesteps, and run one loop per window for long videos. The
+runtime counts steps on the pipeline's own scheduler; until its scheduler wrappers survive a
+deep copy (the issue-16 restructure) a step of those loops cannot be counted, so a switch
+could not be placed. See docs/adapters.md for the semantics proposed once that lands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import UnsupportedPipelineError
+from ..hookspecs import hookimpl
+from .base import Adapter
+from .wan import WAN_MUST_MATCH, WanAdapter
+
+PIPELINE_CLASSES = ("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline")
+DIFFUSION_FORCING_CLASSES = (
+    "SkyReelsV2DiffusionForcingPipeline",
+    "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+    "SkyReelsV2DiffusionForcingVideoToVideoPipeline",
+)
+
+DIFFUSION_FORCING_REASON = (
+    "diffusion forcing deep-copies the scheduler per latent frame and steps the copies with per-frame (2-D) "
+    "timesteps, several times per loop step and once more per window; SRD cannot yet count those steps (it "
+    "needs scheduler wrappers that survive a deep copy). Use SkyReelsV2Pipeline or SkyReelsV2ImageToVideoPipeline "
+    "with the SkyReels-V2 T2V / I2V checkpoints"
+)
+
+
+class SkyReelsAdapter(WanAdapter):
+    name = "skyreels_v2"
+    pipeline_classes = PIPELINE_CLASSES
+
+    def check_pipeline(self, pipe: Any) -> None:
+        if type(pipe).__name__ in DIFFUSION_FORCING_CLASSES:
+            raise UnsupportedPipelineError(pipe, list(self.pipeline_classes), reason=DIFFUSION_FORCING_REASON)
+        if getattr(pipe, "transformer", None) is None:
+            raise UnsupportedPipelineError(pipe, list(self.pipeline_classes), reason="the pipeline has no transformer")
+
+    def first_observed_step(self, pipe: Any, timesteps: list[float], num_train_timesteps: int) -> int:
+        return 0
+
+    def routed_modules(self, pipe: Any) -> tuple[torch.nn.Module, ...]:
+        return (pipe.transformer,)
+
+    def compatibility_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
+        from diffusers import SkyReelsV2Transformer3DModel
+
+        if not isinstance(renderer, SkyReelsV2Transformer3DModel):
+            return [
+                f"model family: the sketcher is a SkyReelsV2Transformer3DModel, the renderer a "
+                f"{type(renderer).__name__}; pass a SkyReels-V2 transformer "
+                "(e.g. Skywork/SkyReels-V2-T2V-1.3B-540P-Diffusers)"
+            ]
+        problems = super().compatibility_problems_of(sketcher, renderer, WAN_MUST_MATCH)
+        if renderer.config.inject_sample_info and not sketcher.config.inject_sample_info:
+            problems.append(
+                "fps conditioning (inject_sample_info): the renderer embeds the frame rate, the sketcher does not, "
+                "and SkyReelsV2Pipeline / SkyReelsV2ImageToVideoPipeline pass no fps; use a renderer without it"
+            )
+        return problems
+
+
+_ADAPTER = SkyReelsAdapter()
+
+
+@hookimpl
+def srd_get_adapter(pipe: Any) -> Adapter | None:
+    import diffusers
+
+    classes = tuple(getattr(diffusers, name) for name in PIPELINE_CLASSES + DIFFUSION_FORCING_CLASSES)
+    return _ADAPTER if isinstance(pipe, classes) else None
+
+
+@hookimpl
+def srd_supported_pipelines() -> list[str]:
+    return list(SkyReelsAdapter.pipeline_classes)
+
+
+@hookimpl
+def srd_pipeline_classes() -> list[type]:
+    """`srd-run` also watches the diffusion-forcing pipelines, so that it says why it leaves them untouched."""
+    import diffusers
+
+    return [getattr(diffusers, name) for name in DIFFUSION_FORCING_CLASSES]
