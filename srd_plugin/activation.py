@@ -62,7 +62,8 @@ def apply_settings(pipe: Any, settings: Settings) -> Any:
             raise ValueError(
                 f"{origin}: cannot create the trace folder {str(settings.trace_dir)!r} ({error})"
             ) from error
-    shared = _SESSIONS.get(sketcher_of(pipe))
+    sketcher = sketcher_of(pipe)
+    shared = _SESSIONS.get(sketcher) if sketcher is not None else None
     if shared is not None and shared.plugin_state.get(SETTINGS_KEY) is settings:
         enable(pipe, shared.renderer, settings.config)  # the same renderer and settings: joins the setup
     else:

@@ -67,7 +67,7 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
     scheduler_problems = _scheduler_problems(pipe, adapter, config)
     with _SETUP_LOCK:
         existing = _SESSIONS.get(sketcher)
-        if existing is not None and _same_setup(existing, renderer, config):
+        if existing is not None and _same_setup(existing, renderer, config, adapter.routed_modules(pipe)):
             others = other_sessions(existing)
             problems = scheduler_problems + sharing_problems(pipe, sketcher, existing.renderer, config, others)
             _raise_setup_problems(problems)
@@ -99,7 +99,8 @@ def enable(pipe: Any, renderer: Any, config: SRDConfig | None = None, **override
         _place(session)
         if previous is not None:
             previous.uninstall()
-            _warn_replaced(pipe, previous)
+            if previous.renderer is not renderer_module or previous.config != config:
+                _warn_replaced(pipe, previous)
         _leave_other_session(pipe, previous)
         session.refresh_dtypes()
         try:
@@ -167,9 +168,11 @@ def _scheduler_problems(pipe: Any, adapter: Any, config: SRDConfig) -> list[str]
     return [f"scheduler: {problem}"] if problem else []
 
 
-def _same_setup(session: Session, renderer: Any, config: SRDConfig) -> bool:
-    """Would enabling with these arguments build exactly this session's setup?"""
-    if not session.installed or session.config != config:
+def _same_setup(session: Session, renderer: Any, config: SRDConfig, routed: Any) -> bool:
+    """Would enabling with these arguments build exactly this session's setup (same renderer, same
+    settings, the same host modules routed: a Wan2.2 pipeline sharing a Wan2.1 one's transformer also
+    routes its `transformer_2`)?"""
+    if not session.installed or session.config != config or tuple(routed) != session.routed:
         return False
     if isinstance(renderer, (str, os.PathLike)):
         return session.renderer_source == os.fspath(renderer)

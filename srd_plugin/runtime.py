@@ -236,6 +236,11 @@ class Session:
             return True
         return self.serves_scheduler(getattr(pipe, "scheduler", None))
 
+    @property
+    def routed(self) -> tuple[torch.nn.Module, ...]:
+        """The host modules the routers sit on (the sketcher first)."""
+        return self._routed
+
     def serves_scheduler(self, scheduler: Any) -> bool:
         """True when this session wraps `scheduler` (its `set_timesteps` starts this session's runs)."""
         return scheduler is not None and scheduler in self._wrapped

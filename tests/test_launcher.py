@@ -212,16 +212,18 @@ RANDOM_HOST = """
 
     import numpy as np
     import torch
-    from diffusers import WanPipeline
-    from srd_plugin.testing import tiny_call_kwargs, tiny_wan_pipeline, tiny_wan_transformer
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
+    from srd_plugin.testing import tiny_call_kwargs, tiny_wan_pipeline
+    from srd_plugin.testing.wan_family import tiny_skyreels_transformer
 
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
     pipe = tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    # refused by the Wan adapter (two experts), after srd-run has built a renderer for it
-    WanPipeline(**{**pipe.components, "transformer_2": tiny_wan_transformer()}, boundary_ratio=0.5)
+    # refused by its adapter (diffusion forcing), after srd-run has built a renderer for it
+    parts = {k: v for k, v in pipe.components.items() if k != "transformer_2"}
+    SkyReelsV2DiffusionForcingPipeline(**{**parts, "transformer": tiny_skyreels_transformer()})
     kwargs = tiny_call_kwargs(4)
     if sys.argv[2] == "global":
         kwargs["generator"] = None  # the starting noise comes from the global torch stream
@@ -274,7 +276,7 @@ def test_sketcher_only_under_srd_run_is_bit_identical_to_the_plain_program(
     monkeypatch.setenv("SRD_TRACE_DIR", str(tmp_path / "traces"))
     assert launcher.main(["python", str(script), str(tmp_path / "srd.pt"), noise]) == 0
     err = capsys.readouterr().err
-    assert "SRD on WanPipeline #1" in err and "warning: WanPipeline is not supported" in err
+    assert "SRD on WanPipeline #1" in err and "warning: SkyReelsV2DiffusionForcingPipeline is not supported" in err
     [trace_file] = (tmp_path / "traces").glob("*.json")
     assert srd.RunTrace.load(trace_file).roles == ["sketch"] * 4
 

@@ -150,3 +150,25 @@ def test_a_pipeline_with_its_own_scheduler_on_a_shared_sketcher_joins_with_it(pi
     assert srd.is_enabled(own) and torch.equal(generate(own), generate(pipe))
     assert not torch.equal(generate(own), plain)
     srd.disable(own)
+
+
+def test_a_pipeline_routing_more_modules_on_shared_components_takes_the_setup_over_without_a_warning(pipe, renderer):
+    """A Wan2.2 pipeline built on a Wan2.1 pipeline's components also routes its `transformer_2`: the same
+    renderer and settings cannot simply join, so the setup is rebuilt for both (same renderer: no warning)."""
+    import warnings
+
+    from srd_plugin.runtime import session_of
+    from srd_plugin.testing import tiny_wan_transformer
+
+    srd.enable(pipe, renderer, switch="step", switch_step=2)
+    experts = WanPipeline(**{**pipe.components, "transformer_2": tiny_wan_transformer(seed=9)}, boundary_ratio=0.5)
+    experts.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        srd.enable(experts, renderer, switch="step", switch_step=2)
+    session = session_of(experts)
+    assert session is session_of(pipe) and session.routed == (pipe.transformer, experts.transformer_2)
+    generate(experts)
+    assert srd.last_trace(pipe).roles == ["sketch"] * 2 + ["render"] * (STEPS - 2)
+    srd.disable(pipe)
+    assert "forward" not in vars(experts.transformer_2) and not srd.is_enabled(experts)
