@@ -13,9 +13,10 @@ it is refused there.
 The diffusion-forcing pipelines (`SkyReelsV2DiffusionForcing*`) are refused with the reason:
 they deep-copy the scheduler once per latent frame and step those copies, several per loop
 step, with 2-D (per-frame) timesteps, and run one loop per window for long videos. The
-runtime counts steps on the pipeline's own scheduler; until its scheduler wrappers survive a
-deep copy (the issue-16 restructure) a step of those loops cannot be counted, so a switch
-could not be placed. See docs/adapters.md for the semantics proposed once that lands.
+runtime counts steps on the pipeline's own scheduler, and a deep copy of an enabled scheduler
+is by design a plain, independent scheduler (docs/reliability.md): the steps of those loops
+never reach SRD, so a switch cannot be placed. Serving them needs a step signal of their own
+(e.g. an adapter hook on the per-frame copies); docs/adapters.md proposes the semantics.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ DIFFUSION_FORCING_CLASSES = (
 
 DIFFUSION_FORCING_REASON = (
     "diffusion forcing deep-copies the scheduler per latent frame and steps the copies with per-frame (2-D) "
-    "timesteps, several times per loop step and once more per window; SRD cannot yet count those steps (it "
-    "needs scheduler wrappers that survive a deep copy). Use SkyReelsV2Pipeline or SkyReelsV2ImageToVideoPipeline "
+    "timesteps, several times per loop step and once more per window; those copies are plain schedulers, so "
+    "SRD cannot count the loop's steps. Use SkyReelsV2Pipeline or SkyReelsV2ImageToVideoPipeline "
     "with the SkyReels-V2 T2V / I2V checkpoints"
 )
 
