@@ -1,4 +1,4 @@
-"""FlowMatchingAdapter: the docs' one-screen adapter is the shipped one, and works as a third-party plugin."""
+"""FamilyAdapter: the docs' one-screen adapter is the shipped one, and works as a third-party plugin."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import srd_plugin as srd
 from srd_plugin import hookspecs
 from srd_plugin.adapters import cosmos
-from srd_plugin.adapters.base import FlowMatchingAdapter
+from srd_plugin.adapters.base import FamilyAdapter
 from srd_plugin.parametrization import schedule_index as scheduler_index
 from srd_plugin.runtime import session_of
 from srd_plugin.testing.cosmos import tiny_cosmos_call_kwargs, tiny_cosmos_pipeline, tiny_cosmos_renderer
@@ -71,7 +71,7 @@ def test_the_documented_adapter_serves_as_a_third_party_plugin(monkeypatch):
 def test_an_empty_declaration_serves_nothing_and_takes_the_schedulers_it_can_read():
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-    class Nothing(FlowMatchingAdapter):
+    class Nothing(FamilyAdapter):
         pipeline_classes = ("NoSuchPipeline",)
 
     adapter = Nothing()

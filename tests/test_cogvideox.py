@@ -601,7 +601,7 @@ def test_hub_renderer_supplies_its_parametrization(cog_pipe, renderer_2b, tmp_pa
         return str(folder / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(cogvideox._ADAPTER, "load_renderer", lambda source, pipe, config: renderer_2b)
+    monkeypatch.setattr(cogvideox.ADAPTER, "load_renderer", lambda source, pipe, config: renderer_2b)
     srd.enable(cog_pipe, "THUDM/CogVideoX-2b", switch="step", switch_step=3)
     facts = session_of(cog_pipe).plugin_state[PLUGIN_KEY].renderer
     assert facts.scaling_factor == COGVIDEOX_2B_SCALING_FACTOR

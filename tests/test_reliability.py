@@ -154,7 +154,8 @@ def test_renderer_of_another_family(pipe, family):
             sample_frames=9,
         )
     )
-    with pytest.raises(IncompatibleRendererError, match=f"model family.*a {type(other).__name__}; pass a Wan2.1"):
+    expected = f"model family.*a {type(other).__name__}; pass a WanTransformer3DModel \\(e.g. Wan-AI"
+    with pytest.raises(IncompatibleRendererError, match=expected):
         srd.enable(pipe, other)
     assert_untouched(pipe)
 

@@ -191,7 +191,7 @@ def test_the_renderer_sees_the_conditional_half_on_a_batched_host():
 
 def test_an_adapter_without_a_cfg_layout_is_refused_before_any_change(monkeypatch):
     pipe = _wan_pipeline(tiny_wan_transformer(seed=0))
-    monkeypatch.setattr(wan._ADAPTER, "cfg_layout", None)
+    monkeypatch.setattr(wan.ADAPTER, "cfg_layout", None)
     with pytest.raises(ValueError, match="cfg_layout"):
         srd.enable(pipe, tiny_wan_renderer(), render_guidance="off")
     assert not srd.is_enabled(pipe)
@@ -200,7 +200,7 @@ def test_an_adapter_without_a_cfg_layout_is_refused_before_any_change(monkeypatc
 def test_a_layout_whose_order_does_not_match_the_host_says_so(monkeypatch):
     pipe = _wan_pipeline(tiny_wan_transformer(seed=0))
     swapped = CFGLayout(calls="two_calls", cond_context="uncond", uncond_context="cond")
-    monkeypatch.setattr(wan._ADAPTER, "cfg_layout", swapped)
+    monkeypatch.setattr(wan.ADAPTER, "cfg_layout", swapped)
     srd.enable(pipe, tiny_wan_renderer(), switch="step", switch_step=2, render_guidance="off")
     with pytest.raises(RuntimeError, match="came before its 'uncond' call"):
         pipe(**tiny_call_kwargs(STEPS))

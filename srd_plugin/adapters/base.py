@@ -319,8 +319,8 @@ def _diffusers_classes(names: tuple[str, ...]) -> tuple[type, ...]:
     return tuple(cls for cls in (getattr(diffusers, name, None) for name in names) if isinstance(cls, type))
 
 
-class FlowMatchingAdapter(Adapter):
-    """A flow-matching DiT family, declared rather than programmed.
+class FamilyAdapter(Adapter):
+    """A host family, declared rather than programmed; every built-in adapter is one.
 
     A subclass states which pipelines it serves, the transformer class, the config entries that
     must agree between sketcher and renderer, and a renderer to name in errors; it overrides
@@ -335,7 +335,9 @@ class FlowMatchingAdapter(Adapter):
         srd_get_adapter = ADAPTER.srd_get_adapter
         srd_supported_pipelines = ADAPTER.srd_supported_pipelines
 
-    (or registers the instance itself as the entry point).
+    (or registers the instance itself as the entry point). `srd_check_setup` refuses the CogVideoX
+    alignment fields, which mean nothing for a family whose sizes share one latent space; a family
+    that uses them (CogVideoX) does not export it.
     """
 
     #: the diffusers class every sketcher and renderer of the family is an instance of
@@ -357,14 +359,18 @@ class FlowMatchingAdapter(Adapter):
 
     # -- the renderer --------------------------------------------------------------------
     def compatibility_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
-        classes = _diffusers_classes((self.transformer_class_name,))
-        if classes and not isinstance(renderer, classes):
+        if not self.is_family(renderer):
             example = f" (e.g. {self.renderer_example})" if self.renderer_example else ""
             return [
                 f"model family: the sketcher is a {self.transformer_class_name}, the renderer a "
                 f"{type(renderer).__name__}; pass a {self.transformer_class_name}{example}"
             ]
         return config_mismatches(sketcher, renderer, self.must_match) + self.extra_problems(sketcher, renderer)
+
+    def is_family(self, model: torch.nn.Module) -> bool:
+        """True for an instance of the declared transformer class (subclasses included)."""
+        classes = _diffusers_classes((self.transformer_class_name,))
+        return not classes or isinstance(model, classes)
 
     def extra_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
         """Family rules beyond equal config entries (none by default)."""

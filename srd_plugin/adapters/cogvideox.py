@@ -34,10 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
 from .alignment import LatentAlignment, Match, Parametrization, table_problem
-from .base import BATCHED, Adapter, CFGLayout, cast_floating, config_mismatches, dit_macs
+from .base import BATCHED, CFGLayout, FamilyAdapter, cast_floating, dit_macs
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from ..runtime import Run, Session
@@ -90,28 +89,21 @@ class RunState:
 PIPELINE_CLASSES = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "CogVideoXImageToVideoPipeline")
 
 
-class CogVideoXAdapter(Adapter):
+class CogVideoXAdapter(FamilyAdapter):
     name = "cogvideox"
     pipeline_classes = PIPELINE_CLASSES
+    transformer_class_name = "CogVideoXTransformer3DModel"
+    must_match = COGVIDEOX_MUST_MATCH
+    renderer_example = "THUDM/CogVideoX-2b"
     #: CFG is one call on [uncond, cond]: `render_guidance="off"` renders the second half only
     cfg_layout = CFGLayout(
         calls=BATCHED, batch_arguments=("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs")
     )
 
-    def check_pipeline(self, pipe: Any) -> None:
-        if getattr(pipe, "transformer", None) is None:
-            raise UnsupportedPipelineError(pipe, list(self.pipeline_classes), reason="the pipeline has no transformer")
-
     def compatibility_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
-        from diffusers import CogVideoXTransformer3DModel
-
-        if not isinstance(renderer, CogVideoXTransformer3DModel):
-            return [
-                f"model family: the sketcher is a CogVideoXTransformer3DModel, the renderer a "
-                f"{type(renderer).__name__}; pass a CogVideoX transformer (e.g. THUDM/CogVideoX-2b)"
-            ]
-        problems = config_mismatches(sketcher, renderer, COGVIDEOX_MUST_MATCH)
-        if _takes_image_latent(sketcher) and not _takes_image_latent(renderer):
+        """The declared checks, with the input-channel mismatch of an image-to-video sketcher explained."""
+        problems = super().compatibility_problems(sketcher, renderer)
+        if _takes_image_latent(sketcher) and self.is_family(renderer) and not _takes_image_latent(renderer):
             problems[:] = [p for p in problems if "(in_channels)" not in p]
             problems.insert(
                 0,
@@ -120,6 +112,10 @@ class CogVideoXAdapter(Adapter):
                 f"{renderer.config.in_channels} channels. No CogVideoX-2B image-to-video model is published; pass an "
                 "image-to-video renderer of the CogVideoX family with the same channels",
             )
+        return problems
+
+    def extra_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
+        problems = []
         if renderer.config.use_learned_positional_embeddings and not sketcher.config.use_learned_positional_embeddings:
             problems.append(
                 "positional embeddings: the renderer uses learned positional embeddings (an image-to-video "
@@ -430,25 +426,16 @@ def _report_clamp(session: Session, state: RunState, match: Match) -> None:
 
 
 # -- the plugin ------------------------------------------------------------------------------
-_ADAPTER = CogVideoXAdapter()
-
-
-@hookimpl
-def srd_get_adapter(pipe: Any) -> Adapter | None:
-    import diffusers
-
-    return _ADAPTER if isinstance(pipe, tuple(getattr(diffusers, name) for name in PIPELINE_CLASSES)) else None
-
-
-@hookimpl
-def srd_supported_pipelines() -> list[str]:
-    return list(CogVideoXAdapter.pipeline_classes)
+ADAPTER = CogVideoXAdapter()
+srd_get_adapter = ADAPTER.srd_get_adapter
+srd_supported_pipelines = ADAPTER.srd_supported_pipelines
+# not the declared `srd_check_setup`: CogVideoX is the family whose sizes need the alignment fields
 
 
 @hookimpl
 def srd_check_setup(session: Session) -> list[str] | None:
     """Resolve the renderer's parametrization before anything is installed; report what is wrong."""
-    if session.adapter is not _ADAPTER:
+    if session.adapter is not ADAPTER:
         return None
     facts, problems = resolve_renderer_parametrization(session)
     aligned = facts.alphas_cumprod is not None or facts.scaling_factor is not None
@@ -470,7 +457,7 @@ def srd_check_setup(session: Session) -> list[str] | None:
 @hookimpl
 def srd_run_start(session: Session, run: Run) -> None:
     """Build this call's alignment from the scheduler the call actually uses."""
-    if session.adapter is not _ADAPTER:
+    if session.adapter is not ADAPTER:
         return
     alignment = _run_alignment(session, session.scheduler)
     run.plugin_state[PLUGIN_KEY] = RunState(alignment=alignment)

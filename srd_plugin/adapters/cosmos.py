@@ -26,7 +26,7 @@ folder with another VAE is refused.
 
 from __future__ import annotations
 
-from .base import FlowMatchingAdapter
+from .base import FamilyAdapter
 
 COSMOS_MUST_MATCH = {
     "in_channels": "input channels (Video2World models have one more: the conditioning mask)",
@@ -39,7 +39,7 @@ COSMOS_MUST_MATCH = {
 }
 
 
-class CosmosAdapter(FlowMatchingAdapter):
+class CosmosAdapter(FamilyAdapter):
     name = "cosmos"
     pipeline_classes = ("Cosmos2TextToImagePipeline", "Cosmos2VideoToWorldPipeline", "Cosmos2_5_PredictBasePipeline")
     transformer_class_name = "CosmosTransformer3DModel"

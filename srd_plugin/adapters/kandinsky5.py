@@ -17,7 +17,7 @@ first) with a scalar flow-matching timestep, so x0 = x_t - sigma v at the schedu
 
 from __future__ import annotations
 
-from .base import FlowMatchingAdapter
+from .base import FamilyAdapter
 
 KANDINSKY5_MUST_MATCH = {
     "in_visual_dim": "latent channels",
@@ -36,7 +36,7 @@ KANDINSKY5_MUST_MATCH = {
 }
 
 
-class Kandinsky5Adapter(FlowMatchingAdapter):
+class Kandinsky5Adapter(FamilyAdapter):
     name = "kandinsky5"
     pipeline_classes = ("Kandinsky5T2VPipeline", "Kandinsky5I2VPipeline")
     transformer_class_name = "Kandinsky5Transformer3DModel"

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .base import FlowMatchingAdapter
+from .base import FamilyAdapter
 
 LTX_MUST_MATCH = {
     "in_channels": "latent channels",
@@ -42,7 +42,7 @@ LTX_MUST_MATCH = {
 }
 
 
-class LTXAdapter(FlowMatchingAdapter):
+class LTXAdapter(FamilyAdapter):
     name = "ltx"
     pipeline_classes = ("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline")
     transformer_class_name = "LTXVideoTransformer3DModel"

@@ -27,8 +27,7 @@ import torch
 
 from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
-from .base import Adapter
-from .wan import WAN_MUST_MATCH, WanAdapter
+from .wan import WanAdapter
 
 PIPELINE_CLASSES = ("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline")
 DIFFUSION_FORCING_CLASSES = (
@@ -48,6 +47,12 @@ DIFFUSION_FORCING_REASON = (
 class SkyReelsAdapter(WanAdapter):
     name = "skyreels_v2"
     pipeline_classes = PIPELINE_CLASSES
+    transformer_class_name = "SkyReelsV2Transformer3DModel"
+    renderer_example = "Skywork/SkyReels-V2-T2V-1.3B-540P-Diffusers"
+
+    def serves(self, pipe: Any) -> bool:
+        """The diffusion-forcing pipelines too, so that `enable` refuses them with the reason."""
+        return super().serves(pipe) or type(pipe).__name__ in DIFFUSION_FORCING_CLASSES
 
     def check_pipeline(self, pipe: Any) -> None:
         if type(pipe).__name__ in DIFFUSION_FORCING_CLASSES:
@@ -61,16 +66,8 @@ class SkyReelsAdapter(WanAdapter):
     def routed_modules(self, pipe: Any) -> tuple[torch.nn.Module, ...]:
         return (pipe.transformer,)
 
-    def compatibility_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
-        from diffusers import SkyReelsV2Transformer3DModel
-
-        if not isinstance(renderer, SkyReelsV2Transformer3DModel):
-            return [
-                f"model family: the sketcher is a SkyReelsV2Transformer3DModel, the renderer a "
-                f"{type(renderer).__name__}; pass a SkyReels-V2 transformer "
-                "(e.g. Skywork/SkyReels-V2-T2V-1.3B-540P-Diffusers)"
-            ]
-        problems = super().compatibility_problems_of(sketcher, renderer, WAN_MUST_MATCH)
+    def extra_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
+        problems = super().extra_problems(sketcher, renderer)
         if renderer.config.inject_sample_info and not sketcher.config.inject_sample_info:
             problems.append(
                 "fps conditioning (inject_sample_info): the renderer embeds the frame rate, the sketcher does not, "
@@ -79,20 +76,10 @@ class SkyReelsAdapter(WanAdapter):
         return problems
 
 
-_ADAPTER = SkyReelsAdapter()
-
-
-@hookimpl
-def srd_get_adapter(pipe: Any) -> Adapter | None:
-    import diffusers
-
-    classes = tuple(getattr(diffusers, name) for name in PIPELINE_CLASSES + DIFFUSION_FORCING_CLASSES)
-    return _ADAPTER if isinstance(pipe, classes) else None
-
-
-@hookimpl
-def srd_supported_pipelines() -> list[str]:
-    return list(SkyReelsAdapter.pipeline_classes)
+ADAPTER = SkyReelsAdapter()
+srd_get_adapter = ADAPTER.srd_get_adapter
+srd_supported_pipelines = ADAPTER.srd_supported_pipelines
+srd_check_setup = ADAPTER.srd_check_setup
 
 
 @hookimpl

@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import UnsupportedPipelineError
-from ..hookspecs import hookimpl
-from .base import TWO_CALLS, Adapter, CFGLayout, config_mismatches, dit_macs
+from .base import TWO_CALLS, CFGLayout, FamilyAdapter, config_mismatches, dit_macs
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from ..runtime import Session
@@ -61,9 +60,12 @@ VACE_MUST_MATCH = {"vace_in_channels": "VACE control channels (vace_in_channels)
 PIPELINE_CLASSES = ("WanPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline", "WanImageToVideoPipeline")
 
 
-class WanAdapter(Adapter):
+class WanAdapter(FamilyAdapter):
     name = "wan"
     pipeline_classes = PIPELINE_CLASSES
+    transformer_class_name = "WanTransformer3DModel"
+    must_match = WAN_MUST_MATCH
+    renderer_example = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
     cfg_layout = CFGLayout(calls=TWO_CALLS, cond_context="cond", uncond_context="uncond")
 
     def check_pipeline(self, pipe: Any) -> None:
@@ -86,37 +88,31 @@ class WanAdapter(Adapter):
         return next((i for i, t in enumerate(timesteps) if t < boundary), len(timesteps))
 
     def compatibility_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
-        from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
+        """A VACE sketcher (another class) needs a VACE renderer with the same control channels."""
+        from diffusers import WanVACETransformer3DModel
 
-        if isinstance(sketcher, WanVACETransformer3DModel):
-            if not isinstance(renderer, WanVACETransformer3DModel):
-                return [
-                    f"model family: the sketcher is a WanVACETransformer3DModel (it takes the control video), the "
-                    f"renderer a {type(renderer).__name__}; pass a VACE transformer "
-                    "(e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers)"
-                ]
-            return config_mismatches(sketcher, renderer, {**WAN_MUST_MATCH, **VACE_MUST_MATCH})
-        if not isinstance(renderer, WanTransformer3DModel) or isinstance(renderer, WanVACETransformer3DModel):
+        if not isinstance(sketcher, WanVACETransformer3DModel):
+            return super().compatibility_problems(sketcher, renderer)
+        if not isinstance(renderer, WanVACETransformer3DModel):
             return [
-                f"model family: the sketcher is a WanTransformer3DModel, the renderer a {type(renderer).__name__}; "
-                "pass a Wan2.1 transformer (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
+                f"model family: the sketcher is a WanVACETransformer3DModel (it takes the control video), the "
+                f"renderer a {type(renderer).__name__}; pass a VACE transformer "
+                "(e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers)"
             ]
-        return self.compatibility_problems_of(sketcher, renderer, WAN_MUST_MATCH)
+        must_match = {**self.must_match, **VACE_MUST_MATCH}
+        return config_mismatches(sketcher, renderer, must_match) + self.extra_problems(sketcher, renderer)
 
-    def compatibility_problems_of(
-        self, sketcher: torch.nn.Module, renderer: torch.nn.Module, must_match: dict[str, str]
-    ) -> list[str]:
-        """The config entries that must agree, and the image key/value projection present in both or neither
-        (its width is each model's own inner width, so only its presence must match)."""
-        problems = config_mismatches(sketcher, renderer, must_match)
+    def extra_problems(self, sketcher: torch.nn.Module, renderer: torch.nn.Module) -> list[str]:
+        """The image key/value projection present in both or neither (its width is each model's own
+        inner width, so only its presence must match)."""
         ours, theirs = sketcher.config.added_kv_proj_dim is not None, renderer.config.added_kv_proj_dim is not None
-        if ours != theirs:
-            problems.append(
-                "image key/value projection (added_kv_proj_dim): the sketcher "
-                f"{'has' if ours else 'has none'}, the renderer {'has' if theirs else 'has none'}; the renderer must "
-                "attend to the image embedding exactly when the sketcher does"
-            )
-        return problems
+        if ours == theirs:
+            return []
+        return [
+            "image key/value projection (added_kv_proj_dim): the sketcher "
+            f"{'has' if ours else 'has none'}, the renderer {'has' if theirs else 'has none'}; the renderer must "
+            "attend to the image embedding exactly when the sketcher does"
+        ]
 
     def render(self, session: Session, call: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         scale = kwargs.get("control_hidden_states_scale")
@@ -157,31 +153,7 @@ def vace_scale_for(sketcher: torch.nn.Module, renderer: torch.nn.Module, scale: 
     return scale[torch.tensor(picks, device=scale.device)]
 
 
-_ADAPTER = WanAdapter()
-
-
-@hookimpl
-def srd_get_adapter(pipe: Any) -> Adapter | None:
-    import diffusers
-
-    return _ADAPTER if isinstance(pipe, tuple(getattr(diffusers, name) for name in PIPELINE_CLASSES)) else None
-
-
-@hookimpl
-def srd_supported_pipelines() -> list[str]:
-    return list(WanAdapter.pipeline_classes)
-
-
-@hookimpl
-def srd_check_setup(session: Any) -> list[str] | None:
-    """Refuse the alignment fields: Wan 14B and 1.3B share one VAE and one flow parametrization,
-    so there is nothing to align, and a value given here would silently do nothing.
-    (`align` is accepted either way: for Wan both "auto" and "none" are the identity.)"""
-    if not isinstance(session.adapter, WanAdapter):  # SkyReels-V2's adapter too: same VAE and schedule
-        return None
-    return [
-        f"SRDConfig.{name}={getattr(session.config, name)!r} applies to models with different latent "
-        "parametrizations (CogVideoX); Wan2.1 14B and 1.3B share the VAE and the flow schedule, so drop it"
-        for name in ("renderer_scaling_factor", "renderer_scheduler_config")
-        if getattr(session.config, name) is not None
-    ]
+ADAPTER = WanAdapter()
+srd_get_adapter = ADAPTER.srd_get_adapter
+srd_supported_pipelines = ADAPTER.srd_supported_pipelines
+srd_check_setup = ADAPTER.srd_check_setup
