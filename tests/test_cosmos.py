@@ -17,6 +17,7 @@ import torch
 import srd_plugin as srd
 from srd_plugin.adapters.cosmos import ADAPTER
 from srd_plugin.errors import IncompatibleRendererError
+from srd_plugin.testing import swap_oracle
 from srd_plugin.testing.cosmos import (
     COSMOS_LATENT_CHANNELS,
     COSMOS_STEPS,
@@ -56,17 +57,7 @@ def generate(pipe, kind, callback=None, **overrides):
 
 
 def swapped_after(pipe, kind, renderer, k):
-    sketcher = pipe.transformer
-
-    def callback(p, i, t, kwargs):
-        if i == k - 1:
-            p.transformer = renderer
-        return kwargs
-
-    try:
-        return generate(pipe, kind, callback)
-    finally:
-        pipe.transformer = sketcher
+    return swap_oracle(pipe, renderer, k, {**tiny_cosmos_call_kwargs(kind), "return_dict": False})
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

@@ -16,6 +16,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 import srd_plugin as srd
 from srd_plugin.adapters.kandinsky5 import ADAPTER
 from srd_plugin.errors import IncompatibleRendererError
+from srd_plugin.testing import swap_oracle
 from srd_plugin.testing.kandinsky5 import (
     K5_LATENT_CHANNELS,
     K5_STEPS,
@@ -55,17 +56,7 @@ def generate(pipe, kind, callback=None, **overrides):
 
 
 def swapped_after(pipe, kind, renderer, k):
-    sketcher = pipe.transformer
-
-    def callback(p, i, t, kwargs):
-        if i == k - 1:
-            p.transformer = renderer
-        return kwargs
-
-    try:
-        return generate(pipe, kind, callback)
-    finally:
-        pipe.transformer = sketcher
+    return swap_oracle(pipe, renderer, k, {**tiny_kandinsky5_call_kwargs(kind), "return_dict": False})
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

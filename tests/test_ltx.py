@@ -18,6 +18,7 @@ import srd_plugin as srd
 from srd_plugin.adapters.ltx import ADAPTER
 from srd_plugin.errors import IncompatibleRendererError
 from srd_plugin.manager import supported_pipelines
+from srd_plugin.testing import swap_oracle
 from srd_plugin.testing.ltx import (
     LTX_LATENT_CHANNELS,
     LTX_STEPS,
@@ -55,17 +56,7 @@ def _disable_after(request):
 
 def swapped_after(pipe, renderer, k, **call):
     """The oracle: the plain pipeline with pipe.transformer replaced by the renderer after step k-1."""
-    sketcher = pipe.transformer
-
-    def callback(p, i, t, kwargs):
-        if i == k - 1:
-            p.transformer = renderer
-        return kwargs
-
-    try:
-        return pipe(**call, callback_on_step_end=callback).frames
-    finally:
-        pipe.transformer = sketcher
+    return swap_oracle(pipe, renderer, k, call)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

@@ -10,9 +10,8 @@ import torch
 import srd_plugin as srd
 from srd_plugin.errors import IncompatibleRendererError, UnsupportedPipelineError
 from srd_plugin.manager import supported_pipelines
-from srd_plugin.testing import RENDERER_SIZE, tiny_call_kwargs, tiny_wan_renderer
+from srd_plugin.testing import RENDERER_SIZE, swap_oracle, tiny_call_kwargs, tiny_wan_renderer
 from srd_plugin.testing.wan_family import (
-    swap_oracle,
     tiny_i2v_call_kwargs,
     tiny_skyreels_df_pipeline,
     tiny_skyreels_i2v_pipeline,

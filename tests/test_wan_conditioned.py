@@ -10,9 +10,8 @@ import torch
 import srd_plugin as srd
 from srd_plugin.adapters.wan import vace_scale_for
 from srd_plugin.errors import IncompatibleRendererError
-from srd_plugin.testing import RENDERER_SIZE, tiny_cogvideox_renderer, tiny_wan_renderer
+from srd_plugin.testing import RENDERER_SIZE, swap_oracle, tiny_cogvideox_renderer, tiny_wan_renderer
 from srd_plugin.testing.wan_family import (
-    swap_oracle,
     tiny_cogvideox_i2v_call_kwargs,
     tiny_cogvideox_i2v_pipeline,
     tiny_cogvideox_i2v_transformer,

@@ -15,9 +15,14 @@ import torch
 import srd_plugin as srd
 from srd_plugin.errors import IncompatibleRendererError
 from srd_plugin.runtime import ROUTER_HOOK_NAME
-from srd_plugin.testing import CogVideoXSize, tiny_call_kwargs, tiny_cogvideox_transformer, tiny_wan_renderer
-from srd_plugin.testing.wan_family import (
+from srd_plugin.testing import (
+    CogVideoXSize,
     swap_oracle,
+    tiny_call_kwargs,
+    tiny_cogvideox_transformer,
+    tiny_wan_renderer,
+)
+from srd_plugin.testing.wan_family import (
     tiny_cogvideox_v2v_call_kwargs,
     tiny_cogvideox_v2v_pipeline,
     tiny_wan22_pipeline,

@@ -355,3 +355,36 @@ def tiny_cogvideox_call_kwargs(num_inference_steps: int = 8, seed: int = 0, **ov
     )
     kwargs.update(overrides)
     return kwargs
+
+
+# -- the universal oracle ----------------------------------------------------------------------
+def swap_oracle(
+    pipe: Any, renderer: Any, k: int, call: dict[str, Any], attributes: tuple[str, ...] = ("transformer",)
+) -> Any:
+    """The plain pipeline whose `callback_on_step_end` replaces the host's denoiser(s) by the renderer
+    after step k-1 (k = 0: before the call): the reference for "sketch k steps, then render" on any
+    diffusers pipeline, since every one looks `self.transformer` (and `self.transformer_2`) up at
+    each step and calls the callback after it.
+
+    Returns the call's frames (`.frames`, or the first element of a `return_dict=False` tuple);
+    the pipeline's own modules are put back afterwards.
+    """
+    originals = {name: getattr(pipe, name) for name in attributes}
+
+    def swap(target: Any) -> None:
+        for name in attributes:
+            setattr(target, name, renderer)
+
+    def callback(target: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if index == k - 1:
+            swap(target)
+        return {}
+
+    try:
+        if k == 0:
+            swap(pipe)
+        output = pipe(**call, callback_on_step_end=callback)
+        return output[0] if isinstance(output, tuple) else output.frames
+    finally:
+        for name, module in originals.items():
+            setattr(pipe, name, module)

@@ -269,32 +269,6 @@ def tiny_cogvideox_v2v_call_kwargs(num_inference_steps: int = 10, strength: floa
 
 
 # -- the exactness oracle -------------------------------------------------------------------------------
-def swap_oracle(pipe: Any, renderer: Any, k: int, call: dict[str, Any], attributes: tuple[str, ...] = ("transformer",)):
-    """The plain pipeline whose `callback_on_step_end` replaces the host's denoiser(s) by the renderer
-    after step k-1 (k = 0: before the call): the reference for "sketch k steps, then render".
-
-    Returns the call's `frames`; the pipeline's own modules are put back afterwards.
-    """
-    originals = {name: getattr(pipe, name) for name in attributes}
-
-    def swap(target: Any) -> None:
-        for name in attributes:
-            setattr(target, name, renderer)
-
-    def callback(target: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        if index == k - 1:
-            swap(target)
-        return {}
-
-    try:
-        if k == 0:
-            swap(pipe)
-        return pipe(**call, callback_on_step_end=callback).frames
-    finally:
-        for name, module in originals.items():
-            setattr(pipe, name, module)
-
-
 def tiny_cogvideox_i2v_transformer(seed: int = 0, **overrides: Any) -> Any:
     """A 5B-I2V-like CogVideoX transformer: rotary, noisy latent and image latent side by side (2 x channels)."""
     from . import COGVIDEOX_5B_LIKE
