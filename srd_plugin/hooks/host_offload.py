@@ -40,7 +40,7 @@ enabled or disabled):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -78,7 +78,8 @@ class HostOffloadState:
 
     applied: str | None = None  # MODEL, GROUP or SEQUENTIAL once given to the renderer
     renderer_hook: UserCpuOffloadHook | None = None  # model CPU offloading: the renderer's hook
-    router_forward: Any = None  # the sketcher's `forward` as the router set it
+    #: id of each routed module (the sketcher; Wan2.2's second expert too) -> its `forward` as its router set it
+    router_forwards: dict[int, Any] = field(default_factory=dict)
 
 
 def _state(session: Session) -> HostOffloadState:
@@ -151,8 +152,9 @@ def srd_check_setup(session: Session) -> list[str]:
 
 @hookimpl(tryfirst=True)
 def srd_prepare_model(session: Session, role: str, model: torch.nn.Module) -> None:
-    if role == SKETCH:  # tryfirst: the router was the last to set `forward`
-        _state(session).router_forward = model.__dict__.get("forward")
+    if role == SKETCH:  # tryfirst: the routers were the last to set `forward`
+        for module in session.routed:
+            _state(session).router_forwards[id(module)] = module.__dict__.get("forward")
         keep_router_on_top(session)
 
 
@@ -304,26 +306,35 @@ class _RouterGuard(ModelHook):
 
 
 def keep_router_on_top(session: Session) -> None:
-    """Make the router the sketcher's outermost forward again (see the module docstring)."""
-    registry = getattr(session.sketcher, "_diffusers_hook", None)
+    """Make each router the outermost forward of its module again (see the module docstring): the
+    sketcher's, and that of every other routed module (Wan2.2's second expert), which accelerate's
+    per-call hooks rewire the same way."""
+    for module in session.routed:
+        _keep_on_top(session, module)
+
+
+def _keep_on_top(session: Session, module: torch.nn.Module) -> None:
+    registry = getattr(module, "_diffusers_hook", None)
     router = registry.get_hook(ROUTER_HOOK_NAME) if registry is not None else None
     if router is None:
         return
     names = list(registry.hooks)
     if any(name in GROUP_HOOK_NAMES for name in names):
-        _restack_over_group_offloading(session, registry, router)
+        _restack_over_group_offloading(session, module, registry, router)
     elif names[-1] != ROUTER_HOOK_NAME:
         # a diffusers hook registered after `enable` (FasterCache's denoiser hook, say) wraps the router:
         # it would act on the render steps too, so the router goes back on top, the chain relinked
         _registry.move_hook_to_top(registry, ROUTER_HOOK_NAME)
-        _state(session).router_forward = session.sketcher.__dict__["forward"]
-    elif names[-1] == ROUTER_HOOK_NAME and hasattr(session.sketcher, "_hf_hook"):
+        _state(session).router_forwards[id(module)] = module.__dict__["forward"]
+    elif names[-1] == ROUTER_HOOK_NAME and hasattr(module, "_hf_hook"):
         # no later diffusers hook wraps the router, but accelerate's offloading hook took `forward`;
         # any other owner of `forward` (cache-dit, say) is left alone for its own checks to report
-        _relink_over_accelerate(session, router)
+        _relink_over_accelerate(session, module, router)
 
 
-def _restack_over_group_offloading(session: Session, registry: HookRegistry, router: ModelHook) -> None:
+def _restack_over_group_offloading(
+    session: Session, module: torch.nn.Module, registry: HookRegistry, router: ModelHook
+) -> None:
     names = list(registry.hooks)
     index = names.index(ROUTER_HOOK_NAME)
     guarded = index > 0 and names[index - 1] == GUARD_HOOK_NAME
@@ -332,33 +343,33 @@ def _restack_over_group_offloading(session: Session, registry: HookRegistry, rou
     registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)
     if GUARD_HOOK_NAME in registry.hooks:
         registry.remove_hook(GUARD_HOOK_NAME, recurse=False)
-    attachments.claim_hook(session.sketcher, GUARD_HOOK_NAME)  # copies of the sketcher leave it behind
+    attachments.claim_hook(module, GUARD_HOOK_NAME)  # copies of the module leave it behind
     registry.register_hook(_RouterGuard(), GUARD_HOOK_NAME)
     registry.register_hook(router, ROUTER_HOOK_NAME)
-    _state(session).router_forward = session.sketcher.__dict__["forward"]
+    _state(session).router_forwards[id(module)] = module.__dict__["forward"]
 
 
-def _relink_over_accelerate(session: Session, router: ModelHook) -> None:
-    sketcher = session.sketcher
-    top = _state(session).router_forward
-    current = sketcher.__dict__.get("forward")
+def _relink_over_accelerate(session: Session, module: torch.nn.Module, router: ModelHook) -> None:
+    top = _state(session).router_forwards.get(id(module))
+    current = module.__dict__.get("forward")
     if top is None or current is top:
         return
-    if getattr(sketcher, "_old_forward", None) is top:
+    if getattr(module, "_old_forward", None) is top:
         # accelerate wrapped the router: its wrapper now calls what the router used to call
-        sketcher._old_forward = router.fn_ref.original_forward
+        module._old_forward = router.fn_ref.original_forward
     # else accelerate restored a forward it saw before the router: that (re-wrapped) forward goes under the router
-    router.fn_ref.original_forward = current if current is not None else sketcher.forward
-    sketcher.forward = top
+    router.fn_ref.original_forward = current if current is not None else module.forward
+    module.forward = top
 
 
 def _remove_guard(session: Session) -> None:
-    """Leave the registry as the core installed it (router directly on top), so `disable` removes it cleanly."""
-    registry = getattr(session.sketcher, "_diffusers_hook", None)
-    if registry is None or GUARD_HOOK_NAME not in registry.hooks:
-        return
-    router = registry.get_hook(ROUTER_HOOK_NAME)
-    registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)  # on top: `forward` becomes the guard's wrapper
-    registry.remove_hook(GUARD_HOOK_NAME, recurse=False)  # now on top: `forward` becomes what it wrapped
-    attachments.release_hook(session.sketcher, GUARD_HOOK_NAME)
-    registry.register_hook(router, ROUTER_HOOK_NAME)
+    """Leave each registry as the core installed it (router directly on top), so `disable` removes it cleanly."""
+    for module in session.routed:
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is None or GUARD_HOOK_NAME not in registry.hooks:
+            continue
+        router = registry.get_hook(ROUTER_HOOK_NAME)
+        registry.remove_hook(ROUTER_HOOK_NAME, recurse=False)  # on top: `forward` becomes the guard's wrapper
+        registry.remove_hook(GUARD_HOOK_NAME, recurse=False)  # now on top: `forward` becomes what it wrapped
+        attachments.release_hook(module, GUARD_HOOK_NAME)
+        registry.register_hook(router, ROUTER_HOOK_NAME)
