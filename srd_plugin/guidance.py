@@ -6,10 +6,12 @@ high-noise steps and little at low noise (Kynkäänniemi et al., NeurIPS 2024), 
 SRD renders. With "off", the renderer computes the conditional prediction only and the host's
 mix returns it unchanged, *without any change to the host code*:
 
-* two-call hosts (`CFGLayout.calls == "two_calls"`: Wan): the negative-prompt call of a render
-  step is answered with the conditional call's output of the same step, so the host computes
-  `c + g * (c - c) == c` exactly and no model runs for it;
-* batched hosts (`"batched"`: CogVideoX): the renderer runs on the conditional half of the
+* two-call hosts (`CFGLayout.calls == "two_calls"`: Wan, SkyReels, Cosmos, Kandinsky 5): the
+  negative-prompt call of a render step is answered with the conditional call's output of the
+  same step, so the host computes `c + g * (c - c) == c` exactly and no model runs for it. The
+  negative call is the one under the layout's `uncond_context` (Wan, SkyReels), or, for hosts
+  that run no cache context (Cosmos, Kandinsky 5), the second model call of the step;
+* batched hosts (`"batched"`: CogVideoX, LTX): the renderer runs on the conditional half of the
   batch and its output is returned for both halves (same arithmetic on the host's side).
 
 The result equals, bit for bit, the host run with its guidance scale set to 1 from the switch
@@ -53,19 +55,44 @@ class GuidanceFreeRender:
         self.sketcher = sketcher
         self._cond_step: int | None = None
         self._cond_output: Any = None
+        #: by-order layouts: the step being counted, its calls so far, and the last call with its position
+        self._count_step: int | None = None
+        self._count = 0
+        self._last: tuple[dict[str, Any], int] | None = None
         #: model calls (two-call hosts) or batch halves (batched hosts) the render phase did not compute
         self.saved = 0
 
-    def is_uncond(self, context: Any) -> bool:
-        """Whether a call of a two-call host is its negative-prompt call (by its cache context)."""
-        return self.layout.calls == TWO_CALLS and context is not None and context.name == self.layout.uncond_context
+    def position(self, step_index: int, kwargs: dict[str, Any]) -> int:
+        """The call's place among the model calls of its step (0: the first).
 
-    def renderer_call(self, args: tuple, kwargs: dict[str, Any], context: Any) -> Call | None:
-        """The arguments the renderer gets for this host call (None: served without a model)."""
+        The router may ask twice about one host call (the speed target's count, then the render);
+        it hands both the same keyword dict, which is the call's identity here, so the second
+        question gets the same answer instead of counting the call again.
+        """
+        if self._last is not None and self._last[0] is kwargs:
+            return self._last[1]
+        if self._count_step != step_index:
+            self._count_step, self._count = step_index, 0
+        place = self._count
+        self._count += 1
+        self._last = (kwargs, place)
+        return place
+
+    def is_uncond(self, context: Any, step_index: int, kwargs: dict[str, Any]) -> bool:
+        """Whether a call of a two-call host is its negative-prompt call: by its cache context, or,
+        for a host without cache contexts (`CFGLayout.by_order`), by being the second call of its step."""
+        if self.layout.calls != TWO_CALLS:
+            return False
+        if self.layout.by_order:
+            return self.position(step_index, kwargs) == 1
+        return context is not None and context.name == self.layout.uncond_context
+
+    def renderer_call(self, args: tuple, kwargs: dict[str, Any], context: Any, step_index: int) -> Call | None:
+        """The arguments the renderer gets for host call of step `step_index` (None: served without a model)."""
         if not self.active:
             return args, kwargs, False
         if self.layout.calls == TWO_CALLS:
-            return None if self.is_uncond(context) else (args, kwargs, False)
+            return None if self.is_uncond(context, step_index, kwargs) else (args, kwargs, False)
         arguments = bind_call(self.sketcher, args, kwargs)
         batch = _batch_of(arguments.get("hidden_states"))
         if batch is None or batch % 2:
@@ -82,7 +109,7 @@ class GuidanceFreeRender:
         self, step_index: int, args: tuple, kwargs: dict[str, Any], context: Any, call: Callable[[tuple, dict], Any]
     ) -> Any:
         """Serve one host call of a render step; `call(args, kwargs)` runs the renderer."""
-        planned = self.renderer_call(args, kwargs, context)
+        planned = self.renderer_call(args, kwargs, context, step_index)
         if planned is None:
             if self._cond_step != step_index:
                 raise RuntimeError(
