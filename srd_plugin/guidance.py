@@ -9,8 +9,9 @@ mix returns it unchanged, *without any change to the host code*:
 * two-call hosts (`CFGLayout.calls == "two_calls"`: Wan, SkyReels, Cosmos, Kandinsky 5): the
   negative-prompt call of a render step is answered with the conditional call's output of the
   same step, so the host computes `c + g * (c - c) == c` exactly and no model runs for it. The
-  negative call is the one under the layout's `uncond_context` (Wan, SkyReels), or, for hosts
-  that run no cache context (Cosmos, Kandinsky 5), the second model call of the step;
+  negative call is the one under the layout's `uncond_context` (Wan, SkyReels), or, for calls
+  outside any cache context (Cosmos, Kandinsky 5, WanVideoToVideoPipeline), the second model
+  call of the step;
 * batched hosts (`"batched"`: CogVideoX, LTX): the renderer runs on the conditional half of the
   batch and its output is returned for both halves (same arithmetic on the host's side).
 
@@ -80,12 +81,13 @@ class GuidanceFreeRender:
 
     def is_uncond(self, context: Any, step_index: int, kwargs: dict[str, Any]) -> bool:
         """Whether a call of a two-call host is its negative-prompt call: by its cache context, or,
-        for a host without cache contexts (`CFGLayout.by_order`), by being the second call of its step."""
+        for a call outside any cache context (`CFGLayout.by_order` hosts, and hosts of a named layout
+        that skip the contexts, e.g. WanVideoToVideoPipeline), by being the second call of its step."""
         if self.layout.calls != TWO_CALLS:
             return False
-        if self.layout.by_order:
+        if self.layout.by_order or context is None:
             return self.position(step_index, kwargs) == 1
-        return context is not None and context.name == self.layout.uncond_context
+        return context.name == self.layout.uncond_context
 
     def renderer_call(self, args: tuple, kwargs: dict[str, Any], context: Any, step_index: int) -> Call | None:
         """The arguments the renderer gets for host call of step `step_index` (None: served without a model)."""

@@ -48,7 +48,9 @@ class CFGLayout:
         Names: the host runs each call under diffusers' `cache_context(name)` (Wan, SkyReels),
         and the call under `uncond_context` is the negative one. None (both): the host uses no
         cache context (Cosmos, Kandinsky 5), so the negative call is recognised by its order:
-        the second model call of a step (the first is the conditional one).
+        the second model call of a step (the first is the conditional one). A call that arrives
+        outside any cache context is recognised by its order under named contexts too
+        (WanVideoToVideoPipeline, served by the Wan adapter, runs none).
     batch_arguments: batched: the forward arguments that carry the doubled batch (sliced to
         the conditional half; other arguments pass unchanged).
     cond_half: batched: 1 when the batch is [uncond, cond] (diffusers' order), 0 for [cond, uncond].
