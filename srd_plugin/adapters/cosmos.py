@@ -59,7 +59,8 @@ class CosmosAdapter(FlowMatchingAdapter):
 
     def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
         """Latents [B, C, T, H, W] patched by (t, h, w); self-attention over the video tokens, cross-attention
-        to the text tokens, an MLP of `mlp_ratio`; Predict2.5's text projection counted per text token."""
+        to the text tokens (their key/value projections counted at the model width, a small term), an MLP of
+        `mlp_ratio`; Predict2.5's text projection counted per text token."""
         config = model.config
         batch, _, frames, height, width = arguments["hidden_states"].shape
         pt, ph, pw = config.patch_size
