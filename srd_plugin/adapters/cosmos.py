@@ -54,19 +54,16 @@ class CosmosAdapter(FlowMatchingAdapter):
     transformer_class_name = "CosmosTransformer3DModel"
     must_match = COSMOS_MUST_MATCH
     renderer_example = "nvidia/Cosmos-Predict2-2B-Text2Image"
-    #: no cache contexts: the negative-prompt call is the second model call of a step
-    cfg_layout = CFGLayout(calls=TWO_CALLS, cond_context=None, uncond_context=None)
+    cfg_layout = CFGLayout(calls=TWO_CALLS, cond_context=None, uncond_context=None)  # no cache contexts: by order
 
     def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
-        """Latents [B, C, T, H, W] patched by (t, h, w); self-attention over the video tokens, cross-attention
-        to the text tokens (their key/value projections counted at the model width, a small term), an MLP of
-        `mlp_ratio`; Predict2.5's text projection counted per text token."""
-        config = model.config
-        batch, _, frames, height, width = arguments["hidden_states"].shape
+        """Video tokens after the (t, h, w) patch, cross-attention to the text tokens (their key/value
+        projections counted at the model width, a small term); Predict2.5's text projection per text token."""
+        config, (batch, _, frames, height, width) = model.config, arguments["hidden_states"].shape
         pt, ph, pw = config.patch_size
         tokens = (frames // pt) * (height // ph) * (width // pw)
-        dim = config.num_attention_heads * config.attention_head_dim
         text_tokens = arguments["encoder_hidden_states"].shape[1]
+        dim = config.num_attention_heads * config.attention_head_dim
         macs = dit_macs(config.num_layers, dim, int(config.mlp_ratio * dim), tokens, text_tokens, False, batch)
         if config.get("use_crossattn_projection"):
             macs += batch * text_tokens * config.crossattn_proj_in_channels * config.encoder_hidden_states_channels
