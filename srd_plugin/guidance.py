@@ -56,45 +56,39 @@ class GuidanceFreeRender:
         self.sketcher = sketcher
         self._cond_step: int | None = None
         self._cond_output: Any = None
-        #: by-order layouts: the step being counted, its calls so far, and the last call with its position
+        #: calls outside cache contexts: the step being counted and its calls so far
         self._count_step: int | None = None
         self._count = 0
-        self._last: tuple[dict[str, Any], int] | None = None
         #: model calls (two-call hosts) or batch halves (batched hosts) the render phase did not compute
         self.saved = 0
 
-    def position(self, step_index: int, kwargs: dict[str, Any]) -> int:
-        """The call's place among the model calls of its step (0: the first).
+    def position(self, step_index: int) -> int:
+        """This call's place among the model calls of step `step_index` (0: the first).
 
-        The router may ask twice about one host call (the speed target's count, then the render);
-        it hands both the same keyword dict, which is the call's identity here, so the second
-        question gets the same answer instead of counting the call again.
+        Each host call is asked about once: the speed target counts the calls of step 0, which
+        always sketches under the adaptive policy it requires, and the render phase the others.
         """
-        if self._last is not None and self._last[0] is kwargs:
-            return self._last[1]
         if self._count_step != step_index:
             self._count_step, self._count = step_index, 0
-        place = self._count
         self._count += 1
-        self._last = (kwargs, place)
-        return place
+        return self._count - 1
 
-    def is_uncond(self, context: Any, step_index: int, kwargs: dict[str, Any]) -> bool:
+    def is_uncond(self, context: Any, step_index: int) -> bool:
         """Whether a call of a two-call host is its negative-prompt call: by its cache context, or,
         for a call outside any cache context (`CFGLayout.by_order` hosts, and hosts of a named layout
         that skip the contexts, e.g. WanVideoToVideoPipeline), by being the second call of its step."""
         if self.layout.calls != TWO_CALLS:
             return False
         if self.layout.by_order or context is None:
-            return self.position(step_index, kwargs) == 1
+            return self.position(step_index) == 1
         return context.name == self.layout.uncond_context
 
     def renderer_call(self, args: tuple, kwargs: dict[str, Any], context: Any, step_index: int) -> Call | None:
-        """The arguments the renderer gets for host call of step `step_index` (None: served without a model)."""
+        """The arguments the renderer gets for a host call of step `step_index` (None: served without a model)."""
         if not self.active:
             return args, kwargs, False
         if self.layout.calls == TWO_CALLS:
-            return None if self.is_uncond(context, step_index, kwargs) else (args, kwargs, False)
+            return None if self.is_uncond(context, step_index) else (args, kwargs, False)
         arguments = bind_call(self.sketcher, args, kwargs)
         batch = _batch_of(arguments.get("hidden_states"))
         if batch is None or batch % 2:

@@ -362,15 +362,16 @@ def test_the_renderer_sees_the_conditional_half_on_a_batched_host(name):
         assert all(kwargs["video_coords"] is not None for kwargs in seen)
 
 
-def test_a_call_asked_about_twice_keeps_its_place_in_the_step():
-    """The speed target and the render may both ask about one host call: it is counted once."""
+def test_calls_without_a_cache_context_are_counted_per_step():
+    """By order: the second call of each step is the negative one, and every step counts afresh."""
     layout = CFGLayout(calls="two_calls", cond_context=None, uncond_context=None)
     guidance = GuidanceFreeRender(layout, True, torch.nn.Linear(1, 1))
-    first, second, next_step = {"x": 1}, {"x": 2}, {"x": 3}
-    assert guidance.renderer_call((), first, None, 0) is not None
-    assert guidance.renderer_call((), first, None, 0) is not None  # the same call again: still the first
-    assert guidance.renderer_call((), second, None, 0) is None  # the second call of step 0: the negative one
-    assert guidance.renderer_call((), next_step, None, 1) is not None  # a new step starts counting afresh
+    planned = [guidance.renderer_call((), {}, None, step) for step in (0, 0, 1, 1, 3)]
+    assert [p is None for p in planned] == [False, True, False, True, False]
+    named = GuidanceFreeRender(CFGLayout(calls="two_calls"), True, torch.nn.Linear(1, 1))
+    uncond = type("Context", (), {"name": "uncond"})()
+    assert named.renderer_call((), {}, uncond, 0) is None  # a named call: by its context, not its order
+    assert named.renderer_call((), {}, None, 0) is not None  # no context: the first call of its step
 
 
 def test_an_adapter_without_a_cfg_layout_is_refused_before_any_change(monkeypatch):
