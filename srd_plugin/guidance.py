@@ -6,10 +6,13 @@ high-noise steps and little at low noise (Kynkäänniemi et al., NeurIPS 2024), 
 SRD renders. With "off", the renderer computes the conditional prediction only and the host's
 mix returns it unchanged, *without any change to the host code*:
 
-* two-call hosts (`CFGLayout.calls == "two_calls"`: Wan): the negative-prompt call of a render
-  step is answered with the conditional call's output of the same step, so the host computes
-  `c + g * (c - c) == c` exactly and no model runs for it;
-* batched hosts (`"batched"`: CogVideoX): the renderer runs on the conditional half of the
+* two-call hosts (`CFGLayout.calls == "two_calls"`: Wan, SkyReels, Cosmos, Kandinsky 5): the
+  negative-prompt call of a render step is answered with the conditional call's output of the
+  same step, so the host computes `c + g * (c - c) == c` exactly and no model runs for it. The
+  negative call is the one under the layout's `uncond_context` (Wan, SkyReels), or, for calls
+  outside any cache context (Cosmos, Kandinsky 5, WanVideoToVideoPipeline), the second model
+  call of the step;
+* batched hosts (`"batched"`: CogVideoX, LTX): the renderer runs on the conditional half of the
   batch and its output is returned for both halves (same arithmetic on the host's side).
 
 The result equals, bit for bit, the host run with its guidance scale set to 1 from the switch
@@ -53,19 +56,39 @@ class GuidanceFreeRender:
         self.sketcher = sketcher
         self._cond_step: int | None = None
         self._cond_output: Any = None
+        #: calls outside cache contexts: the step being counted and its calls so far
+        self._count_step: int | None = None
+        self._count = 0
         #: model calls (two-call hosts) or batch halves (batched hosts) the render phase did not compute
         self.saved = 0
 
-    def is_uncond(self, context: Any) -> bool:
-        """Whether a call of a two-call host is its negative-prompt call (by its cache context)."""
-        return self.layout.calls == TWO_CALLS and context is not None and context.name == self.layout.uncond_context
+    def position(self, step_index: int) -> int:
+        """This call's place among the model calls of step `step_index` (0: the first).
 
-    def renderer_call(self, args: tuple, kwargs: dict[str, Any], context: Any) -> Call | None:
-        """The arguments the renderer gets for this host call (None: served without a model)."""
+        Each host call is asked about once: the speed target counts the calls of step 0, which
+        always sketches under the adaptive policy it requires, and the render phase the others.
+        """
+        if self._count_step != step_index:
+            self._count_step, self._count = step_index, 0
+        self._count += 1
+        return self._count - 1
+
+    def is_uncond(self, context: Any, step_index: int) -> bool:
+        """Whether a call of a two-call host is its negative-prompt call: by its cache context, or,
+        for a call outside any cache context (`CFGLayout.by_order` hosts, and hosts of a named layout
+        that skip the contexts, e.g. WanVideoToVideoPipeline), by being the second call of its step."""
+        if self.layout.calls != TWO_CALLS:
+            return False
+        if self.layout.by_order or context is None:
+            return self.position(step_index) == 1
+        return context.name == self.layout.uncond_context
+
+    def renderer_call(self, args: tuple, kwargs: dict[str, Any], context: Any, step_index: int) -> Call | None:
+        """The arguments the renderer gets for a host call of step `step_index` (None: served without a model)."""
         if not self.active:
             return args, kwargs, False
         if self.layout.calls == TWO_CALLS:
-            return None if self.is_uncond(context) else (args, kwargs, False)
+            return None if self.is_uncond(context, step_index) else (args, kwargs, False)
         arguments = bind_call(self.sketcher, args, kwargs)
         batch = _batch_of(arguments.get("hidden_states"))
         if batch is None or batch % 2:
@@ -82,7 +105,7 @@ class GuidanceFreeRender:
         self, step_index: int, args: tuple, kwargs: dict[str, Any], context: Any, call: Callable[[tuple, dict], Any]
     ) -> Any:
         """Serve one host call of a render step; `call(args, kwargs)` runs the renderer."""
-        planned = self.renderer_call(args, kwargs, context)
+        planned = self.renderer_call(args, kwargs, context, step_index)
         if planned is None:
             if self._cond_step != step_index:
                 raise RuntimeError(

@@ -78,7 +78,8 @@ class SpeedTarget:
         arguments = bind_call(session.sketcher, args, kwargs)
         self.shapes.append(_shape_key(arguments, context))
         self.flops["sketch"] += adapter.flops_per_call(session.sketcher, arguments) or 0.0
-        planned = run.guidance.renderer_call(args, kwargs, context) if run.guidance is not None else (args, kwargs)
+        guidance = run.guidance
+        planned = (args, kwargs) if guidance is None else guidance.renderer_call(args, kwargs, context, run.step_index)
         if planned is not None:
             rendered = bind_call(session.sketcher, planned[0], planned[1])
             self.flops["render"] += adapter.flops_per_call(session.renderer, rendered) or 0.0

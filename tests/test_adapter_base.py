@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def doc_adapter_source() -> str:
     text = (ROOT / "docs" / "adapters.md").read_text()
-    section = text.split("## A flow-matching family in one screen", 1)[1]
+    section = text.split("## A family in one screen", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -38,7 +38,7 @@ def test_the_documented_adapter_is_the_shipped_module_without_its_docstring():
             if isinstance(node, ast.ImportFrom) and node.module in ("base", "srd_plugin.adapters.base"):
                 node.module, node.level = "base", 0
     assert ast.dump(shipped) == ast.dump(documented)
-    assert len(doc_adapter_source().splitlines()) <= 30
+    assert len(doc_adapter_source().splitlines()) <= 45  # one screen, with the CFG layout and the FLOP model
 
 
 def test_the_documented_adapter_serves_as_a_third_party_plugin(monkeypatch):

@@ -176,7 +176,18 @@ def test_degree_problems_offer_the_same_process_count():
     assert "fit both models: 1, 2, 3, 6" in degree_problems(ContextParallelConfig(ulysses_degree=4), cog)[0]
 
 
-def test_setup_problems_name_the_attention_backend(renderer):
+@pytest.fixture
+def restored_attention_backend():
+    """diffusers' `set_attention_backend` also sets the process-wide active backend: put it back, or
+    later tests run on '_native_flash', which refuses attention masks (LTX)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active, _ = _AttentionBackendRegistry.get_active_backend()
+    yield
+    _AttentionBackendRegistry.set_active_backend(active)
+
+
+def test_setup_problems_name_the_attention_backend(renderer, restored_attention_backend):
     (ring,) = setup_problems(renderer, "renderer", ContextParallelConfig(ring_degree=2))
     assert "ring attention (ring_degree=2) needs the log-sum-exp" in ring and "'_native_cudnn'" in ring
     assert setup_problems(renderer, "renderer", ContextParallelConfig(ulysses_degree=2)) == []

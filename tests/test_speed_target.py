@@ -14,12 +14,18 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import srd_plugin as srd
 from srd_plugin import SRDConfig
+from srd_plugin.adapters import cosmos as cosmos_adapter
+from srd_plugin.adapters import kandinsky5 as kandinsky5_adapter
+from srd_plugin.adapters import ltx as ltx_adapter
+from srd_plugin.adapters import skyreels as skyreels_adapter
 from srd_plugin.adapters.base import Adapter
 from srd_plugin.adapters.cogvideox import cogvideox_macs
 from srd_plugin.adapters.wan import WanAdapter, wan_macs
+from srd_plugin.guidance import bind_call
 from srd_plugin.speed import FLOPS, MEASURED, SpeedTarget, latest_switch_step, predicted_speedup
 from srd_plugin.switching import AdaptivePolicy
 from srd_plugin.testing import tiny_call_kwargs
@@ -237,3 +243,116 @@ def test_batched_host_counts_the_conditional_half_for_guidance_free_rendering():
     assert trace.speed_basis == FLOPS and trace.target_switch_step == latest_switch_step(steps, ratio, 1.5)
     assert trace.predicted_speedup == pytest.approx(predicted_speedup(steps, trace.switch_step, ratio))
     assert trace.guidance_calls_saved == steps - trace.switch_step
+
+
+# -- the FLOP basis on the other families ---------------------------------------------------------------
+FAMILY_ADAPTERS = {
+    "ltx": ltx_adapter.ADAPTER,
+    "cosmos": cosmos_adapter.ADAPTER,
+    "kandinsky5": kandinsky5_adapter.ADAPTER,
+    "skyreels": skyreels_adapter.ADAPTER,
+}
+
+
+def _new_family(name):
+    """(a fresh tiny pipeline, its renderer, call kwargs for `steps`) of one pipeline per family."""
+    from srd_plugin.testing import RENDERER_SIZE, cosmos, kandinsky5, ltx, wan_family
+
+    if name == "ltx":
+        return ltx.tiny_ltx_pipeline("t2v"), ltx.tiny_ltx_renderer(), lambda n: ltx.tiny_ltx_call_kwargs("t2v", n)
+    if name == "cosmos":
+        return (
+            cosmos.tiny_cosmos_pipeline("t2i"),
+            cosmos.tiny_cosmos_renderer(),
+            lambda n: cosmos.tiny_cosmos_call_kwargs("t2i", n),
+        )
+    if name == "kandinsky5":
+        return (
+            kandinsky5.tiny_kandinsky5_pipeline("t2v"),
+            kandinsky5.tiny_kandinsky5_renderer(),
+            lambda n: kandinsky5.tiny_kandinsky5_call_kwargs("t2v", n),
+        )
+    return (
+        wan_family.tiny_skyreels_pipeline(),
+        wan_family.tiny_skyreels_transformer(RENDERER_SIZE, seed=1),
+        lambda n: tiny_call_kwargs(n),
+    )
+
+
+def _halved(arguments):
+    """A batched CFG call's arguments at one half (only the shapes matter for FLOPs)."""
+    batch = arguments["hidden_states"].shape[0]
+    return {
+        k: v[: batch // 2] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch else v
+        for k, v in arguments.items()
+    }
+
+
+@pytest.mark.parametrize("render_guidance", ["host", "off"])
+@pytest.mark.parametrize("family", ["ltx", "cosmos", "kandinsky5", "skyreels"])
+def test_the_target_bound_comes_from_each_familys_flop_model(family, render_guidance):
+    """The first call's bound: the adapter's FLOPs summed over the host's calls of one step, the renderer
+    counted on what it would run (guidance-free: the conditional call, or the conditional half)."""
+    pipe, renderer, call = _new_family(family)
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(bind_call(module, args, kwargs)), with_kwargs=True
+    )
+    pipe(**call(2))  # two steps (a one-step LTX schedule is degenerate); the first step's calls count
+    handle.remove()
+    adapter = FAMILY_ADAPTERS[family]
+    per_step = 1 if adapter.cfg_layout.calls == "batched" else 2
+    assert len(calls) == 2 * per_step
+    calls = calls[:per_step]
+    sketch = sum(adapter.flops_per_call(pipe.transformer, a) for a in calls)
+    if render_guidance == "host":
+        rendered = calls
+    elif adapter.cfg_layout.calls == "batched":
+        rendered = [_halved(a) for a in calls]
+    else:
+        rendered = calls[:1]
+    render = sum(adapter.flops_per_call(renderer, a) for a in rendered)
+    ratio, steps = sketch / render, 12
+    assert ratio > 1
+    target = predicted_speedup(steps, 4, ratio)  # the bound falls at k = 4 exactly
+    srd.enable(
+        pipe, renderer, threshold=1e-9, min_sketch_steps=2, target_speedup=target, render_guidance=render_guidance
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe(**call(steps))
+    trace = srd.last_trace(pipe)
+    assert trace.speed_basis == FLOPS
+    assert trace.target_switch_step == latest_switch_step(steps, ratio, target) == 4 == trace.switch_step
+    assert trace.predicted_speedup == pytest.approx(target)
+
+
+def _block(n, m, d, f):
+    """One DiT block by hand: q, k, v, out on n tokens; n x n attention; cross-attention (q, out on n,
+    k, v on m text tokens, n x m attention); a two-layer MLP of width f. m = 0: no cross-attention."""
+    self_attention = 4 * n * d * d + 2 * n * n * d
+    cross = 2 * n * d * d + 2 * m * d * d + 2 * n * m * d if m else 0
+    return self_attention + cross + 2 * n * d * f
+
+
+def test_the_new_flop_models_count_tokens_and_widths_from_each_config():
+    from srd_plugin.testing import cosmos, kandinsky5, ltx
+
+    zeros = torch.zeros
+    model = ltx.tiny_ltx_transformer()  # 2 layers, 4 heads x 8, MLP 4x; packed latents [B, tokens, C]
+    got = ltx_adapter.ADAPTER.flops_per_call(
+        model, {"hidden_states": zeros(2, 50, 8), "encoder_hidden_states": zeros(2, 16, 32)}
+    )
+    assert got == 2 * 2 * _block(50, 16, 32, 128)
+    model = cosmos.tiny_cosmos_transformer()  # 2 layers, 4 heads x 16, mlp_ratio 2, patch (1, 2, 2)
+    arguments = {"hidden_states": zeros(1, 16, 3, 8, 8), "encoder_hidden_states": zeros(1, 16, 32)}
+    assert cosmos_adapter.ADAPTER.flops_per_call(model, arguments) == 2 * _block(3 * 4 * 4, 16, 64, 128)
+    model = cosmos.tiny_cosmos25_transformer()  # plus the text projection 48 -> 32 on every text token
+    arguments["encoder_hidden_states"] = zeros(1, 16, 48)
+    arguments["hidden_states"] = zeros(1, 17, 3, 8, 8)
+    assert cosmos_adapter.ADAPTER.flops_per_call(model, arguments) == 2 * _block(48, 16, 64, 128) + 16 * 48 * 32
+    model = kandinsky5.tiny_kandinsky5_transformer()  # width 32, MLP 64, 2 visual blocks, 1 text block
+    arguments = {"hidden_states": zeros(1, 2, 4, 4, 33), "encoder_hidden_states": zeros(1, 6, 32)}
+    assert kandinsky5_adapter.ADAPTER.flops_per_call(model, arguments) == 2 * _block(8, 6, 32, 64) + (
+        4 * 6 * 32 * 32 + 2 * 6 * 6 * 32 + 2 * 6 * 32 * 64
+    )

@@ -41,18 +41,24 @@ BATCHED = "batched"
 class CFGLayout:
     """How a host runs classifier-free guidance; `render_guidance="off"` needs it to drop guidance.
 
-    calls: "two_calls" (the model is called twice per step, the conditional call first, each
-        under diffusers' `cache_context(name)`: Wan, SkyReels, Kandinsky, Cosmos) or "batched"
-        (one call per step whose batch holds both halves: CogVideoX, LTX).
-    cond_context / uncond_context: two_calls: the `cache_context` names of the two calls.
+    calls: "two_calls" (the model is called twice per step, the conditional call first: Wan,
+        SkyReels, Cosmos, Kandinsky 5) or "batched" (one call per step whose batch holds both
+        halves: CogVideoX, LTX).
+    cond_context / uncond_context: two_calls: how the negative call is recognised.
+        Names: the host runs each call under diffusers' `cache_context(name)` (Wan, SkyReels),
+        and the call under `uncond_context` is the negative one. None (both): the host uses no
+        cache context (Cosmos, Kandinsky 5), so the negative call is recognised by its order:
+        the second model call of a step (the first is the conditional one). A call that arrives
+        outside any cache context is recognised by its order under named contexts too
+        (WanVideoToVideoPipeline, served by the Wan adapter, runs none).
     batch_arguments: batched: the forward arguments that carry the doubled batch (sliced to
         the conditional half; other arguments pass unchanged).
     cond_half: batched: 1 when the batch is [uncond, cond] (diffusers' order), 0 for [cond, uncond].
     """
 
     calls: str
-    cond_context: str = "cond"
-    uncond_context: str = "uncond"
+    cond_context: str | None = "cond"
+    uncond_context: str | None = "uncond"
     batch_arguments: tuple[str, ...] = ()
     cond_half: int = 1
 
@@ -61,6 +67,16 @@ class CFGLayout:
             raise ValueError(f"CFGLayout.calls={self.calls!r}: choose {TWO_CALLS!r} or {BATCHED!r}")
         if self.calls == BATCHED and (not self.batch_arguments or self.cond_half not in (0, 1)):
             raise ValueError("a batched CFGLayout needs batch_arguments (forward argument names) and cond_half 0 or 1")
+        if (self.cond_context is None) != (self.uncond_context is None):
+            raise ValueError(
+                "CFGLayout: name both cache contexts (cond_context, uncond_context) or neither (None, None: the "
+                "negative call is the second call of a step)"
+            )
+
+    @property
+    def by_order(self) -> bool:
+        """Whether the negative call is recognised by its order in the step (a host without cache contexts)."""
+        return self.calls == TWO_CALLS and self.uncond_context is None
 
 
 class AdapterSession(Protocol):

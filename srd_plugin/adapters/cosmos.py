@@ -20,13 +20,22 @@ and its velocity goes to the scheduler (conditioning frames replaced by their ex
 x0 = x - sigma v, the same rule. Both of its sizes project stacked Qwen2.5-VL states
 (`use_crossattn_projection`, 100352 -> 1024).
 
+CFG: the host calls the model twice per step, the prompt first and the negative prompt second,
+without diffusers' cache contexts, and mixes `cond + g * (cond - uncond)` after its own
+recombination (identical for both calls: Video2World's conditioning frames and mask are the same
+for both), so `render_guidance="off"` recognises the negative call as the second of its step.
+
 The two sizes share the Wan2.1 VAE and the text encoder (Predict2: T5-11B, width 1024); a renderer
 folder with another VAE is refused.
 """
 
 from __future__ import annotations
 
-from .base import FamilyAdapter
+from typing import Any
+
+import torch
+
+from .base import TWO_CALLS, CFGLayout, FamilyAdapter, dit_macs
 
 COSMOS_MUST_MATCH = {
     "in_channels": "input channels (Video2World models have one more: the conditioning mask)",
@@ -45,6 +54,20 @@ class CosmosAdapter(FamilyAdapter):
     transformer_class_name = "CosmosTransformer3DModel"
     must_match = COSMOS_MUST_MATCH
     renderer_example = "nvidia/Cosmos-Predict2-2B-Text2Image"
+    cfg_layout = CFGLayout(calls=TWO_CALLS, cond_context=None, uncond_context=None)  # no cache contexts: by order
+
+    def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
+        """Video tokens after the (t, h, w) patch, cross-attention to the text tokens (their key/value
+        projections counted at the model width, a small term); Predict2.5's text projection per text token."""
+        config, (batch, _, frames, height, width) = model.config, arguments["hidden_states"].shape
+        pt, ph, pw = config.patch_size
+        tokens = (frames // pt) * (height // ph) * (width // pw)
+        text_tokens = arguments["encoder_hidden_states"].shape[1]
+        dim = config.num_attention_heads * config.attention_head_dim
+        macs = dit_macs(config.num_layers, dim, int(config.mlp_ratio * dim), tokens, text_tokens, False, batch)
+        if config.get("use_crossattn_projection"):
+            macs += batch * text_tokens * config.crossattn_proj_in_channels * config.encoder_hidden_states_channels
+        return macs
 
 
 ADAPTER = CosmosAdapter()

@@ -11,13 +11,21 @@ its own `axes_dims` inside `forward`, so widths and head sizes may differ. The r
 called as the sketcher is, with `return_dict=True`, and its `Transformer2DModelOutput` is
 returned as that object (the pipeline reads `.sample`).
 
+CFG: the host calls the model twice per step (prompt first, then the negative prompt, when
+`guidance_scale > 1`) without diffusers' cache contexts, and mixes `uncond + g * (cond - uncond)`;
+`render_guidance="off"` recognises the negative call as the second of its step.
+
 x0: `scheduler.step` acts on the latent channels (`latents[..., :C]`; I2V: frames after the
 first) with a scalar flow-matching timestep, so x0 = x_t - sigma v at the scheduler's own index.
 """
 
 from __future__ import annotations
 
-from .base import FamilyAdapter
+from typing import Any
+
+import torch
+
+from .base import TWO_CALLS, CFGLayout, FamilyAdapter, dit_macs
 
 KANDINSKY5_MUST_MATCH = {
     "in_visual_dim": "latent channels",
@@ -42,6 +50,20 @@ class Kandinsky5Adapter(FamilyAdapter):
     transformer_class_name = "Kandinsky5Transformer3DModel"
     must_match = KANDINSKY5_MUST_MATCH
     renderer_example = "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers"
+    #: no cache contexts: the negative-prompt call is the second model call of a step
+    cfg_layout = CFGLayout(calls=TWO_CALLS, cond_context=None, uncond_context=None)
+
+    def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
+        """Channel-last latents [B, T, H, W, C] patched by (t, h, w): the visual blocks (self-attention,
+        cross-attention to the text, MLP of `ff_dim`) plus the text blocks over the text tokens."""
+        config = model.config
+        batch, frames, height, width = arguments["hidden_states"].shape[:4]
+        pt, ph, pw = config.patch_size
+        tokens = (frames // pt) * (height // ph) * (width // pw)
+        text_tokens = arguments["encoder_hidden_states"].shape[-2]
+        dim, ffn = config.model_dim, config.ff_dim
+        visual = dit_macs(config.num_visual_blocks, dim, ffn, tokens, text_tokens, joint=False, batch=batch)
+        return visual + dit_macs(config.num_text_blocks, dim, ffn, text_tokens, 0, joint=True, batch=batch)
 
 
 ADAPTER = Kandinsky5Adapter()

@@ -8,8 +8,11 @@ What the host loops do, and why the renderer needs nothing of its own:
   sizes may differ: each model computes its rotary table inside `forward` from the
   `num_frames` / `height` / `width` / `rope_interpolation_scale` (or `video_coords`) arguments,
   which depend only on the latent grid.
-* CFG is one call on a doubled batch under `cache_context("cond_uncond")`: the renderer gets
-  the same batch (the runtime mirrors the context onto it).
+* CFG is one call on a doubled batch [uncond, cond] under `cache_context("cond_uncond")`: the
+  renderer gets the same batch (the runtime mirrors the context onto it). The doubled arguments
+  are the latents, the prompt embeddings and their attention mask, the timestep (per token in
+  the image-to-video and condition pipelines) and, in `LTXConditionPipeline`, `video_coords`
+  (`cfg_layout`: `render_guidance="off"` gives the renderer their conditional half).
 * Flow matching (`FlowMatchEulerDiscreteScheduler`, resolution-dependent shift): x0 = x_t -
   sigma v at the scheduler's own index. `LTXImageToVideoPipeline` steps only the tokens after
   frame 0 with a scalar timestep (the same rule on that slice). `LTXConditionPipeline` steps
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .base import FamilyAdapter
+from .base import BATCHED, CFGLayout, FamilyAdapter, dit_macs
 
 LTX_MUST_MATCH = {
     "in_channels": "latent channels",
@@ -48,6 +51,26 @@ class LTXAdapter(FamilyAdapter):
     transformer_class_name = "LTXVideoTransformer3DModel"
     must_match = LTX_MUST_MATCH
     renderer_example = "Lightricks/LTX-Video-0.9.5 (a 2B with the 13B's VAE)"
+    cfg_layout = CFGLayout(
+        calls=BATCHED,
+        batch_arguments=(
+            "hidden_states",
+            "encoder_hidden_states",
+            "timestep",
+            "encoder_attention_mask",
+            "video_coords",
+        ),
+        cond_half=1,
+    )
+
+    def flops_per_call(self, model: torch.nn.Module, arguments: dict[str, Any]) -> float | None:
+        """Packed latents [B, tokens, C]: self-attention over the video tokens, cross-attention to the
+        caption (projected to the model width), a 4x MLP (diffusers' FeedForward default)."""
+        config = model.config
+        batch, tokens = arguments["hidden_states"].shape[:2]
+        dim = config.num_attention_heads * config.attention_head_dim
+        text_tokens = arguments["encoder_hidden_states"].shape[1]
+        return dit_macs(config.num_layers, dim, 4 * dim, tokens, text_tokens, joint=False, batch=batch)
 
     def predict_x0_from_step(self, scheduler: Any, arguments: dict[str, Any], step_index: int) -> torch.Tensor:
         per_token = arguments.get("per_token_timesteps")
