@@ -509,8 +509,11 @@ def _first_output(model: torch.nn.Module, step: Callable[[], Any]) -> torch.Tens
 
 
 # -- CogVideoX ---------------------------------------------------------------------------------
-def cog_step(model: torch.nn.Module, shapes: Shapes, device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
-    """One CogVideoX step as CogVideoXPipeline runs it: one call with the CFG batch doubled."""
+def cog_step(
+    model: torch.nn.Module, shapes: Shapes, device: torch.device, dtype: torch.dtype, batch: int = 2
+) -> Callable[[], Any]:
+    """One CogVideoX step as CogVideoXPipeline runs it: one call with the CFG batch doubled (batch 1:
+    the conditional half alone, what `render_guidance="off"` runs the renderer on)."""
     from diffusers import CogVideoXPipeline
 
     height, width, frames = shapes.cog_video
@@ -518,14 +521,14 @@ def cog_step(model: torch.nn.Module, shapes: Shapes, device: torch.device, dtype
     latent_frames = (frames - 1) // 4 + 1
     generator = torch.Generator(device).manual_seed(0)
     hidden = torch.randn(
-        (2, latent_frames, 16, height // 8, width // 8), generator=generator, device=device, dtype=dtype
+        (batch, latent_frames, 16, height // 8, width // 8), generator=generator, device=device, dtype=dtype
     )
-    text = torch.randn((2, tokens, text_width), generator=generator, device=device, dtype=dtype)
+    text = torch.randn((batch, tokens, text_width), generator=generator, device=device, dtype=dtype)
     rotary = None
     if model.config.use_rotary_positional_embeddings:
         host = SimpleNamespace(vae_scale_factor_spatial=8, transformer=model)
         rotary = CogVideoXPipeline._prepare_rotary_positional_embeddings(host, height, width, latent_frames, device)
-    timestep = torch.tensor([500, 500], device=device)
+    timestep = torch.tensor([500] * batch, device=device)
 
     def step() -> None:
         with torch.no_grad(), model.cache_context("cond_uncond"):
@@ -571,6 +574,28 @@ def bench_cogvideox(shapes: Shapes, device: torch.device, dtype: torch.dtype, re
     e2e = cog_end_to_end(shapes, device, dtype, models, step_times, results)
     free(*models.values())
     return {"step_times": step_times, **e2e}
+
+
+def bench_cog_guidance(shapes: Shapes, device: torch.device, dtype: torch.dtype, results: Results) -> dict[str, Any]:
+    """CogVideoX 5B -> 2B with `render_guidance="off"`: the 2B's step on the conditional half alone
+    (batch 1) against its CFG step (batch 2), and S(k) at N = 50 both ways."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    timer = Timer(device)
+    times = {}
+    for role, config in zip(("sketch", "render"), shapes.cog):
+        model = build(CogVideoXTransformer3DModel, config, device, dtype)
+        times[role] = median_step(timer, cog_step(model, shapes, device, dtype), shapes.repeats)
+        if role == "render":
+            times["render_cond"] = median_step(timer, cog_step(model, shapes, device, dtype, batch=1), shapes.repeats)
+        free(model)
+    labels = {"sketch": "5B, CFG (batch 2)", "render": "2B, CFG (batch 2)", "render_cond": "2B, cond only"}
+    for key, label in labels.items():
+        results.add(table="CogVideoX guidance-free: step times", model=label, step_s=times[key])
+    for guidance, key in (("host", "render"), ("off", "render_cond")):
+        row = {f"S({k})": projected(times["sketch"], times[key], k) for k in (5, 8, 10, 15)}
+        results.add(table="CogVideoX guidance-free: projected 50-step speedup", render_guidance=guidance, **row)
+    return {"step_times": times}
 
 
 #: the schedulers of the real CogVideoX-5B (DPM, snr_shift_scale 1.0) and 2B (DDIM, 3.0) checkpoints
@@ -656,6 +681,7 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "wan": bench_wan,
     "cogvideox": bench_cogvideox,
     "stacking": bench_stacking,
+    "cog_guidance": bench_cog_guidance,
 }
 
 
