@@ -33,7 +33,6 @@ from .adapters.base import Adapter, all_finite, module_device, module_dtype
 from .config import SRDConfig
 from .errors import RendererFailureError
 from .guidance import make_guidance
-from .parametrization import schedule_index
 from .speed import BASIS_NAMES, SpeedTarget
 from .switching import RENDER, SKETCH, SwitchPolicy, make_policy
 from .trace import MIXED, RunTrace
@@ -484,10 +483,13 @@ class Session:
         Called before the first forward, so a switch step beyond those steps fails before any
         denoising. The loop's first timestep is looked up in the scheduler's schedule; a value not
         found there (a host that rescales its timesteps) leaves the run as `set_timesteps` sized it.
-        With a compiled sketcher it is called at the first scheduler step instead (`before_forward`
-        False): step 0 has run on the sketcher by then, so a run that should render from step 0
-        renders from step 1 (said in the trace).
+        A model call without one timestep for the whole batch (LTX's per-token timesteps) leaves it
+        to the first scheduler step, which has the step's own timestep; so does a compiled sketcher
+        (`before_forward` False). Step 0 has run on the sketcher by then, so a run that should render
+        from step 0 renders from step 1 (said in the trace).
         """
+        if timestep is None and before_forward:
+            return  # the first scheduler step anchors the run
         run.anchored = True
         full = run.trace.timesteps
         if run.step_index != 0 or timestep is None or timestep not in full:
@@ -548,8 +550,6 @@ class Session:
             bound = self._step_signature.bind(*args, **kwargs)
             if not run.anchored:  # no eager model call anchored the run (a compiled sketcher)
                 self.anchor_run(run, self.adapter.loop_timestep((), bound.arguments), before_forward=False)
-            if run.step_index == 0:
-                self._skip_unrun_head(run, bound.arguments.get("timestep"))
             x0 = None
             if run.phase == SKETCH and not run.policy_done and run.policy.observes(run.step_index):
                 index = run.schedule_offset + run.step_index  # the scheduler's own index of this step
@@ -560,21 +560,6 @@ class Session:
         except BaseException as error:
             self.abort_run(run, error)
             raise
-
-    def _skip_unrun_head(self, run: Run, timestep: Any) -> None:
-        """A host that runs only the tail of the schedule it set (LTXConditionPipeline's
-        `denoise_strength`) starts where the scheduler locates the first timestep: the run, its
-        trace and its policy then count only the steps the loop really runs."""
-        if timestep is None or float(torch.as_tensor(timestep).flatten()[0]) == run.trace.timesteps[0]:
-            return  # the loop starts where the schedule starts
-        offset = schedule_index(run.scheduler, timestep, 0)
-        if not 0 < offset < run.num_steps:
-            return
-        run.num_steps -= offset
-        run.trace.num_steps = run.num_steps
-        run.trace.timesteps = run.trace.timesteps[offset:]
-        run.policy.skip_head(offset)
-        run.trace.events.append(f"the host runs the last {run.num_steps} steps of its schedule (from index {offset})")
 
     def _finish_step(self, run: Run, x0: torch.Tensor | None, sample: torch.Tensor) -> None:
         if isinstance(sample, torch.Tensor) and sample.is_cuda:

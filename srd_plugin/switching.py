@@ -84,12 +84,6 @@ class SwitchPolicy:
         self.num_train_timesteps = int(num_train_timesteps)
         return RENDER if self.num_steps > 0 and self.sketch_steps_before_start() == 0 else SKETCH
 
-    def skip_head(self, offset: int) -> None:
-        """The host runs only the last `len(timesteps) - offset` steps of the schedule it set
-        (a `denoise_strength` / img2img tail): decide on those steps, counted from the first run."""
-        self.timesteps = self.timesteps[offset:]
-        self.num_steps = len(self.timesteps)
-
     def sketch_steps_before_start(self) -> int | None:
         """For fixed policies, how many steps sketch (None: decided on the way)."""
         return None
@@ -169,10 +163,6 @@ class AdaptivePolicy(SwitchPolicy):
         self._previous_distance: float | None = None
         self.max_sketch_steps = self.config.resolved_max_sketch_steps(len(timesteps))
         return super().start(timesteps, num_train_timesteps)
-
-    def skip_head(self, offset: int) -> None:
-        super().skip_head(offset)
-        self.max_sketch_steps = self.config.resolved_max_sketch_steps(self.num_steps)
 
     def after_step(self, step_index: int, x0: torch.Tensor | None) -> Decision:
         if step_index < self.observe_from:  # not observed: no evidence, no switch
