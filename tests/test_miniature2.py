@@ -1,0 +1,161 @@
+"""The second miniature world: dataset, evaluators (true and degraded clips), the recipe's tiny mode."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from srd_plugin.miniature import evaluate2, world2
+from srd_plugin.miniature.dataset import COLOURS, DIRECTIONS, SHAPES
+
+PAIR = "a red circle moving left and a blue square moving up"
+#: a fixed sample of prompts of every split, one and two objects
+SAMPLE = [p for split in world2.SPLITS for p in world2.prompts_of(split)[::37]]
+
+
+# -- dataset ----------------------------------------------------------------------------------
+def test_clips_are_deterministic_in_range_and_differ_by_seed():
+    clip = world2.make_clip(PAIR, seed=3)
+    assert clip.shape == (world2.NUM_FRAMES, world2.HEIGHT, world2.WIDTH, 3) == (17, 64, 64, 3)
+    assert clip.dtype == np.float32 and clip.min() >= 0.0 and clip.max() <= 1.0
+    np.testing.assert_array_equal(clip, world2.make_clip(world2.Prompt2.parse(PAIR), seed=3))
+    assert not np.array_equal(clip, world2.make_clip(PAIR, seed=4))
+
+
+def test_objects_move_as_prompted_stay_inside_and_apart():
+    for prompt in world2.all_prompts()[::5]:
+        params = world2.sample_params(prompt, seed=11)
+        for spec, obj in zip(prompt.objects, params.objects):
+            (x0, y0), (x1, y1) = obj.centres[0], obj.centres[-1]
+            dx, dy = DIRECTIONS[spec.direction]
+            assert (x1 - x0) * dx + (y1 - y0) * dy >= 16.0 - 1e-9
+            assert abs((x1 - x0) * dy) + abs((y1 - y0) * dx) == 0.0
+            for cx, cy in (obj.centres[0], obj.centres[-1]):
+                area = world2.shape_coverage(obj.shape, obj.size, cx, cy, world2.HEIGHT, world2.WIDTH).sum()
+                assert area == pytest.approx(np.pi * obj.size**2, rel=0.05)  # whole shape in frame
+        if len(params.objects) == 2:
+            overlap = np.prod(world2.coverage(params), axis=0)
+            assert overlap.max() == 0.0
+
+
+def test_patterns_are_fine_and_part_of_the_clip():
+    params = world2.sample_params(PAIR, seed=0)
+    textured, plain = world2.render_layers(params)
+    assert 0.03 < np.abs(textured - plain).mean() < 0.1  # the pattern is there, but small next to the objects
+    assert not np.array_equal(textured, world2.make_clip(PAIR, seed=1))
+    # the object's pattern moves with it: relative to its centre it is the same in every frame
+    obj = params.objects[0]
+    ys, xs = np.mgrid[0:64, 0:64] + 0.5
+    first = obj.pattern.values(xs - obj.centres[0][0], ys - obj.centres[0][1])
+    shifted = obj.pattern.values(xs + 16 - obj.centres[16][0], ys - obj.centres[16][1])  # moving left, 16 frames
+    speed = (obj.centres[0][0] - obj.centres[16][0]) / 16
+    assert speed > 0 and np.allclose(first, shifted, atol=1e-9) == (abs(speed - 1.0) < 1e-12)
+
+
+def test_splits_partition_the_prompts_and_keep_every_pair_in_training():
+    splits = {name: world2.prompts_of(name) for name in world2.SPLITS}
+    texts = [p.text for name in world2.SPLITS for p in splits[name]]
+    assert sorted(texts) == sorted(p.text for p in world2.all_prompts()) and len(texts) == 1500
+    assert all(len(splits[name]) >= 100 for name in ("validation", "test"))
+    train = splits["train"]
+    values = {"colour": list(COLOURS), "shape": list(SHAPES), "direction": list(DIRECTIONS)}
+    singles = [p.objects[0] for p in train if len(p.objects) == 1]
+    for first, second in itertools.combinations(values, 2):
+        seen = {(getattr(o, first), getattr(o, second)) for o in singles}
+        assert seen == set(itertools.product(values[first], values[second])), (first, second)
+    pairs = [p for p in train if len(p.objects) == 2]
+    for attribute in ("shape", "direction"):  # both objects' values in every combination
+        seen = {(getattr(p.objects[0], attribute), getattr(p.objects[1], attribute)) for p in pairs}
+        assert seen == set(itertools.product(values[attribute], repeat=2)), attribute
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("a red circle", "is not of the form"),
+        ("a pink circle moving left", "unknown colour"),
+        ("a red circle moving left and a red square moving up", "different colours"),
+        ("a blue circle moving left and a red square moving up", "earlier in the palette"),
+    ],
+)
+def test_prompt_parse_names_what_is_wrong(text, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        world2.Prompt2.parse(text)
+
+
+# -- evaluators on true clips -----------------------------------------------------------------------
+def test_true_clips_are_fully_semantic_and_their_own_detail():
+    scores = [evaluate2.score_semantics(world2.make_clip(p, 1000 + i), p) for i, p in enumerate(SAMPLE)]
+    summary = evaluate2.summarise(scores)
+    assert summary.count == len(SAMPLE) >= 40
+    assert summary.semantic == 100.0, [(p.text, s) for p, s in zip(SAMPLE, scores) if not s.semantic_ok]
+    clip = world2.make_clip(PAIR, 5)
+    detail = evaluate2.score_detail(clip, clip)
+    assert detail.high_psnr == evaluate2.PSNR_CAP and detail.high_correlation == pytest.approx(1.0)
+
+
+# -- evaluators on degraded clips -------------------------------------------------------------------
+def test_blur_keeps_the_semantics_and_loses_the_detail():
+    for index, prompt in enumerate(SAMPLE[::4]):
+        clip = world2.make_clip(prompt, 2000 + index)
+        blurred = evaluate2.gaussian_blur(clip.astype(np.float64), 1.5)
+        assert evaluate2.score_semantics(blurred, prompt).semantic_ok, prompt.text
+        detail = evaluate2.score_detail(blurred, clip)
+        assert detail.high_energy < 0.5 and detail.high_psnr < 35.0  # the pattern's contrast is mostly gone
+    # the pattern-free rendering (right layout, no texture) loses the detail as well
+    textured, plain = world2.render_layers(world2.sample_params(PAIR, 7))
+    assert evaluate2.score_semantics(plain, PAIR).semantic_ok
+    flat = evaluate2.score_detail(plain, textured)
+    assert abs(flat.high_correlation) < 0.1 and flat.high_energy < 0.05 and flat.high_psnr < 32.0
+
+
+def test_detail_ranks_noise_and_a_wrong_phase_below_the_truth():
+    clip = world2.make_clip(PAIR, 8).astype(np.float64)
+    noisy = np.clip(clip + np.random.default_rng(0).normal(0, 0.03, clip.shape), 0, 1)
+    rolled = np.roll(clip, 2, axis=2)  # everything 2 px to the right: every pattern out of phase
+    true, noise, phase = (evaluate2.score_detail(x, clip) for x in (clip, noisy, rolled))
+    assert true.high_psnr > noise.high_psnr > 20.0
+    assert phase.high_correlation < 0.3 < noise.high_correlation < true.high_correlation
+
+
+def test_wrong_colour_loses_colour_and_only_that():
+    clip = world2.make_clip("a red circle moving left", 9)
+    swapped = clip[..., [1, 0, 2]]  # red <-> green
+    score = evaluate2.score_semantics(swapped, "a red circle moving left")
+    assert not score.colour_ok and not score.semantic_ok
+    assert evaluate2.score_semantics(swapped, "a green circle moving left").semantic_ok
+
+
+def test_reversed_clip_loses_every_direction():
+    clip = world2.make_clip(PAIR, 10)
+    score = evaluate2.score_semantics(clip[::-1], PAIR)
+    assert score.colour_ok and score.shape_ok and score.count_ok and not score.direction_ok
+    flipped = "a red circle moving right and a blue square moving down"
+    assert evaluate2.score_semantics(clip[::-1], flipped).semantic_ok
+
+
+def test_two_objects_swapping_roles_fail_the_binding():
+    params = world2.sample_params(PAIR, 12)
+    clip = world2.render(params)
+    swapped = "a red square moving up and a blue circle moving left"  # same words, other object does what
+    score = evaluate2.score_semantics(clip, swapped)
+    assert score.count_ok and score.colour_ok and not score.shape_ok and not score.direction_ok
+
+
+def test_a_missing_object_fails_the_count():
+    textured, _ = world2.render_layers(world2.sample_params("a red circle moving left", 13))
+    score = evaluate2.score_semantics(textured, PAIR)
+    assert not score.count_ok and not score.colour_ok and not score.semantic_ok
+    empty = np.full_like(textured, 0.3)
+    nothing = evaluate2.score_semantics(empty, "a red circle moving left")
+    assert nothing.detection.objects == () and not nothing.semantic_ok
+
+
+def test_evaluators_refuse_a_wrong_layout():
+    clip = world2.make_clip(PAIR, 0)
+    with pytest.raises(ValueError, match=r"\(F, H, W, 3\)"):
+        evaluate2.detect(clip[..., 0])
+    with pytest.raises(ValueError, match="differ in shape"):
+        evaluate2.score_detail(clip[:9], clip)
