@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -159,3 +161,91 @@ def test_evaluators_refuse_a_wrong_layout():
         evaluate2.detect(clip[..., 0])
     with pytest.raises(ValueError, match="differ in shape"):
         evaluate2.score_detail(clip[:9], clip)
+
+
+# -- the recipe (tiny mode) ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from srd_plugin.miniature import train2
+
+    work = tmp_path_factory.mktemp("second") / "work"
+    assert train2.main(["--work", str(work), "--tiny", "--check-vae"]) == 0
+    return work
+
+
+def test_tiny_recipe_writes_a_pipeline_renderer_and_specialist_that_run_srd(tiny_run):
+    import srd_plugin as srd
+    from srd_plugin.miniature.models2 import LATENT_CHANNELS, call_kwargs, load_second_pipeline
+
+    pipe, others = load_second_pipeline(tiny_run / "result")
+    renderer, specialist = others["renderer"], others["specialist"]
+    assert pipe.vae.config.z_dim == LATENT_CHANNELS and len(pipe.vae.config.latents_std) == LATENT_CHANNELS
+    for small in (renderer, specialist):  # same width, fewer blocks
+        assert small.config.num_layers < pipe.transformer.config.num_layers
+        assert small.config.num_attention_heads * small.config.attention_head_dim == (
+            pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim
+        )
+    with srd.sketch_render(pipe, renderer, switch="step", switch_step=1):
+        frames = pipe(**call_kwargs(PAIR, seed=0, num_inference_steps=2)).frames[0]
+    assert frames.shape == (17, 64, 64, 3) and np.isfinite(frames).all()
+    assert srd.last_trace(pipe).roles == ["sketch", "render"]
+    stages = json.loads((tiny_run / "result" / "stages.json").read_text())
+    assert {name: stage["reason"] for name, stage in stages.items()} == dict.fromkeys(stages, "steps")
+    check = json.loads((tiny_run / "vae_check.json").read_text())
+    assert check["true"]["semantic"] == 100.0 and check["through_vae"]["count"] == 4
+
+
+def test_specialist_sees_only_its_noise_levels():
+    import torch
+
+    from srd_plugin.miniature.train2 import sample_sigmas
+
+    generator = torch.Generator().manual_seed(0)
+    low, full = sample_sigmas(4000, generator, 0.6), sample_sigmas(4000, generator)
+    assert low.max() <= 0.6 + 1e-6 and low.max() > 0.58
+    assert full.max() > 0.99 and full.mean() > low.mean()
+
+
+def test_flow_stage_resumes_exactly_and_a_budget_stop_is_resumed(tiny_run, tmp_path):
+    import shutil
+
+    import torch
+
+    from srd_plugin.miniature import train2
+
+    def fresh(name: str):
+        work = tmp_path / name
+        work.mkdir()
+        for item in ("clips.pt", "vae.pt", "vae_final", "latents.pt", "recipe.json"):
+            source = tiny_run / item
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, work / item)
+        return work
+
+    straight = fresh("straight")
+    train2.main(["--work", str(straight), "--tiny", "--stop-after", "sketcher", "--patience", "99"])
+    split = fresh("split")
+    train2.main(["--work", str(split), "--tiny", "--stop-after", "sketcher", "--budget", "0"])
+    assert json.loads((split / "sketcher_final" / "done.json").read_text())["reason"] == "budget"
+    train2.main(["--work", str(split), "--tiny", "--stop-after", "sketcher", "--sketcher-steps", "2"])
+    train2.main(["--work", str(split), "--tiny", "--stop-after", "sketcher", "--patience", "99"])
+    # the first run stopped at step 2 by its step count: a larger count is only taken up by a fresh final
+    a, b = (torch.load(w / "sketcher.pt") for w in (straight, split))
+    assert a["step"] == 4 and b["step"] == 2
+    shutil.rmtree(split / "sketcher_final")
+    train2.main(["--work", str(split), "--tiny", "--stop-after", "sketcher", "--patience", "99"])
+    b = torch.load(split / "sketcher.pt")
+    assert b["step"] == 4 and b["history"] == a["history"]
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_recipe_refuses_bad_settings(tmp_path):
+    from srd_plugin.miniature import train2
+
+    with pytest.raises(ValueError, match="--budget must be >= 0"):
+        train2.Budget(-1)
+    with pytest.raises(ValueError, match="unknown stage"):
+        train2.train(tmp_path, train2.TINY, train2.Budget(None), stop_after="decoder")
+    (tmp_path / "recipe.json").write_text(json.dumps(dataclasses.asdict(train2.Recipe2())))
+    with pytest.raises(ValueError, match="another recipe"):
+        train2.train(tmp_path, train2.TINY, train2.Budget(None))
