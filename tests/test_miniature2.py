@@ -243,9 +243,25 @@ def test_recipe_refuses_bad_settings(tmp_path):
     from srd_plugin.miniature import train2
 
     with pytest.raises(ValueError, match="--budget must be >= 0"):
-        train2.Budget(-1)
+        train2.Budget.parse("vae=-1")
+    with pytest.raises(ValueError, match="unknown stages"):
+        train2.Budget.parse("decoder=3")
+    with pytest.raises(ValueError, match="minutes like 30"):
+        train2.Budget.parse("vae=three")
+    budget = train2.Budget.parse("20,vae=0")
+    assert budget.timer("vae")() and not budget.timer("sketcher")()
     with pytest.raises(ValueError, match="unknown stage"):
-        train2.train(tmp_path, train2.TINY, train2.Budget(None), stop_after="decoder")
+        train2.train(tmp_path, train2.TINY, train2.Budget(), stop_after="decoder")
     (tmp_path / "recipe.json").write_text(json.dumps(dataclasses.asdict(train2.Recipe2())))
     with pytest.raises(ValueError, match="another recipe"):
-        train2.train(tmp_path, train2.TINY, train2.Budget(None))
+        train2.train(tmp_path, train2.TINY, train2.Budget())
+
+
+def test_reference_free_pattern_energy_tells_textured_from_smoothed():
+    for index, prompt in enumerate(SAMPLE[::6]):
+        clip = world2.make_clip(prompt, 3000 + index).astype(np.float64)
+        energy = evaluate2.pattern_energy(clip)
+        assert 0.7 < energy < 1.4, (prompt.text, energy)
+        assert evaluate2.pattern_energy(evaluate2.gaussian_blur(clip, 1.5)) < 0.5 * energy
+    _, plain = world2.render_layers(world2.sample_params(PAIR, 14))
+    assert evaluate2.pattern_energy(plain) < 0.05

@@ -26,7 +26,8 @@ Stages, each checkpointed in the work folder and resumed when run again:
 5. ``pipeline``: ``result/pipeline`` (a `WanPipeline` folder with the sketcher) plus
    ``result/renderer`` and ``result/specialist``, all loadable with ``from_pretrained``.
 
-``--budget M`` stops any stage after M minutes of this invocation's wall time; the stage is then
+``--budget M`` (or ``vae=M1,sketcher=M2,...``) stops a stage after that many minutes of this
+invocation's wall time; the stage is then
 finished provisionally (its result is written, marked ``"budget"``) and the next run resumes it
 from its checkpoint. Every random draw of step k comes from a generator seeded with (seed, stage,
 k), and checkpoints are atomic, so a resumed run continues exactly where a straight run would
@@ -136,18 +137,44 @@ TINY = Recipe2(
 
 
 class Budget:
-    """Wall-clock minutes a stage may run in this invocation (None: no limit)."""
+    """Wall-clock minutes each stage may run in this invocation: one figure for all, or per stage.
 
-    def __init__(self, minutes: float | None) -> None:
-        if minutes is not None and minutes < 0:
-            raise ValueError(f"--budget must be >= 0 minutes, got {minutes}")
-        self.seconds = None if minutes is None else 60.0 * minutes
+    `Budget.parse("30")` gives every stage 30 minutes; `Budget.parse("vae=3,sketcher=4")` gives those
+    two their own and the others no limit; `Budget.parse("20,vae=0")` gives the VAE none (a
+    provisionally finished VAE is then used as it is) and every other stage 20.
+    """
 
-    def start(self) -> float:
-        return time.perf_counter()
+    def __init__(self, minutes: float | None = None, stages: dict[str, float] | None = None) -> None:
+        for name, value in [("every stage", minutes), *(stages or {}).items()]:
+            if value is not None and value < 0:
+                raise ValueError(f"--budget must be >= 0 minutes, got {value} for {name}")
+        unknown = set(stages or {}) - set(STAGES)
+        if unknown:
+            raise ValueError(f"--budget names unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+        self.minutes, self.stages = minutes, dict(stages or {})
 
-    def expired(self, started: float) -> bool:
-        return self.seconds is not None and time.perf_counter() - started >= self.seconds
+    @classmethod
+    def parse(cls, text: str | None) -> Budget:
+        if text is None:
+            return cls()
+        minutes, stages = None, {}
+        for part in text.split(","):
+            name, _, value = part.rpartition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"--budget takes minutes like 30 or vae=3,sketcher=4; got {text!r}") from None
+            if name:
+                stages[name.strip()] = number
+            else:
+                minutes = number
+        return cls(minutes, stages)
+
+    def timer(self, stage: str) -> Any:
+        """A function telling whether `stage`'s minutes, counted from now, are spent."""
+        minutes = self.stages.get(stage, self.minutes)
+        started = time.perf_counter()
+        return lambda: minutes is not None and time.perf_counter() - started >= 60.0 * minutes
 
 
 def _done(folder: Path) -> dict[str, Any] | None:
@@ -219,21 +246,21 @@ def _crops(recipe: Recipe2, bank: dict[str, torch.Tensor], generator: torch.Gene
     return x, torch.stack([m for _, m in crops]).float() / 255
 
 
-def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget: Budget) -> Any:
+def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget: Budget, device: str = "cpu") -> Any:
     from diffusers import AutoencoderKLWan
 
     final = work / "vae_final"
     done = _done(final)
     if done is not None and done["reason"] != "budget":
         return AutoencoderKLWan.from_pretrained(final).eval()
-    vae = build_vae(base_dim=recipe.vae_base_dim, seed=recipe.seed)
+    vae = build_vae(base_dim=recipe.vae_base_dim, seed=recipe.seed).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     checkpoint = work / "vae.pt"
     step = _resume(checkpoint, model=vae, optimizer=optimizer)
     vae.train()
-    started = budget.start()
-    while step < recipe.vae_steps and not budget.expired(started):
-        x, masks = _crops(recipe, bank, _generator(recipe, 2, step))
+    expired = budget.timer("vae")
+    while step < recipe.vae_steps and not expired():
+        x, masks = (t.to(device) for t in _crops(recipe, bank, _generator(recipe, 2, step)))
         for group in optimizer.param_groups:
             group["lr"] = _vae_lr(recipe, step, recipe.vae_steps, recipe.vae_decay_steps)
         posterior = vae.encode(x).latent_dist
@@ -259,9 +286,9 @@ def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget
 @torch.no_grad()
 def reconstruct(vae: Any, frames: np.ndarray) -> np.ndarray:
     """A clip (F, H, W, 3) in [0, 1] through the VAE (posterior mean, the decoder with its clamp)."""
-    z = vae.encode(_frames_to_model(frames[None])).latent_dist.mean
+    z = vae.encode(_frames_to_model(frames[None]).to(vae.device)).latent_dist.mean
     decoded = vae.decode(z).sample[0]
-    return ((decoded.clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).numpy()
+    return ((decoded.clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu().numpy()
 
 
 def check_vae(vae: Any, count: int) -> dict[str, Any]:
@@ -307,7 +334,7 @@ def stage_latents(work: Path, recipe: Recipe2, vae: Any, vae_step: int) -> dict[
         for start in range(0, len(pairs), 16):
             params = [world2.sample_params(p, s) for p, s in pairs[start : start + 16]]
             frames = np.stack([world2.render(q) for q in params])
-            means.append(vae.encode(_frames_to_model(frames)).latent_dist.mean)
+            means.append(vae.encode(_frames_to_model(frames).to(vae.device)).latent_dist.mean.cpu())
             masks.append(torch.from_numpy(np.stack([_union_coverage(q) for q in params])))
         return torch.cat(means), torch.cat(masks)
 
@@ -350,8 +377,10 @@ def _flow_loss(
     generator: torch.Generator,
     max_sigma: float,
 ) -> torch.Tensor:
-    noise = torch.randn(x0.shape, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)  # drawn on the CPU: the same on every device
     sigma = sample_sigmas(len(x0), generator, max_sigma)
+    device = next(model.parameters()).device
+    x0, text, masks, noise, sigma = (t.to(device) for t in (x0, text, masks, noise, sigma))
     s = sigma.view(-1, 1, 1, 1, 1)
     prediction = model((1 - s) * x0 + s * noise, sigma * 1000, text, return_dict=False)[0]
     return ((1.0 + weight * masks) * (prediction - (noise - x0)) ** 2).mean()
@@ -379,7 +408,13 @@ def validation_loss(model: Any, data: dict[str, Any], text: torch.Tensor, recipe
 
 
 def stage_flow(
-    work: Path, recipe: Recipe2, role: str, data: dict[str, Any], text: dict[str, torch.Tensor], budget: Budget
+    work: Path,
+    recipe: Recipe2,
+    role: str,
+    data: dict[str, Any],
+    text: dict[str, torch.Tensor],
+    budget: Budget,
+    device: str = "cpu",
 ) -> Any:
     from diffusers import WanTransformer3DModel
 
@@ -391,7 +426,7 @@ def stage_flow(
     size = (TINY_SIZES if recipe.tiny else SIZES)[role]
     steps = getattr(recipe, f"{role}_steps")
     max_sigma = recipe.specialist_max_sigma if role == "specialist" else 1.0
-    model = build_transformer(size, seed=recipe.seed + stage)
+    model = build_transformer(size, seed=recipe.seed + stage).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     best = copy.deepcopy(ema)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
@@ -400,13 +435,13 @@ def stage_flow(
     history = torch.load(checkpoint)["history"] if checkpoint.exists() else []
     latents, labels = data["latents"], data["labels"]
     model.train()
-    started = budget.start()
+    expired = budget.timer(role)
 
     def plateaued() -> bool:
         losses = [loss for _, loss in history]
         return len(losses) > recipe.patience and min(losses[-recipe.patience :]) >= min(losses[: -recipe.patience])
 
-    while step < steps and not plateaued() and not budget.expired(started):
+    while step < steps and not plateaued() and not expired():
         generator = _generator(recipe, stage, step)
         index = torch.randint(len(latents), (recipe.batch,), generator=generator)
         conditioning = text["train"][labels[index]].clone()
@@ -482,6 +517,7 @@ def train(
     stop_after: str = "pipeline",
     only: str | None = None,
     check: bool = False,
+    device: str = "cpu",
 ) -> Path | None:
     """Run (or resume) the stages up to `stop_after`; `only` trains one flow stage (in a process of its own)."""
     if stop_after not in STAGES:
@@ -496,7 +532,7 @@ def train(
         )
     recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
     bank = stage_clips(work, recipe)
-    vae = stage_vae(work, recipe, bank, budget)
+    vae = stage_vae(work, recipe, bank, budget, device).to(device)
     vae_step = _done(work / "vae_final")["step"]
     if check:
         figures = {"vae_step": vae_step, **check_vae(vae, recipe.validation_clips)}
@@ -512,7 +548,7 @@ def train(
     validation_text, _ = prompt_embeddings(tokenizer, text_encoder, data["validation_prompts"])
     text = {"train": train_text, "empty": empty, "validation": validation_text}
     roles = [only] if only is not None else list(FLOW_STAGES)[: STAGES.index(stop_after) - 2]
-    models = {role: stage_flow(work, recipe, role, data, text, budget) for role in roles}
+    models = {role: stage_flow(work, recipe, role, data, text, budget, device) for role in roles}
     if stop_after != "pipeline" or only is not None:
         return None
     return stage_pipeline(work, vae, data, tokenizer, text_encoder, models)
@@ -522,11 +558,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", required=True, type=Path, help="work folder (checkpoints, log, result/)")
     parser.add_argument("--tiny", action="store_true", help="the tiny recipe: every stage in seconds, for tests")
-    parser.add_argument("--budget", type=float, default=None, help="minutes each stage may run in this invocation")
+    parser.add_argument(
+        "--budget", default=None, help="minutes each stage may run in this invocation: 30, or vae=3,sketcher=4,..."
+    )
     parser.add_argument("--stop-after", choices=STAGES, default="pipeline", help="the last stage to run")
     parser.add_argument("--only", choices=tuple(FLOW_STAGES), default=None, help="train just this transformer")
     parser.add_argument("--check-vae", action="store_true", help="measure validation clips through the VAE")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (default cpu)")
     tiny = parser.parse_known_args(argv)[0].tiny  # the recipe fields' defaults depend on it
     base = asdict(TINY if tiny else Recipe2())
     for field, value in base.items():
@@ -538,7 +577,13 @@ def main(argv: list[str] | None = None) -> int:
         TINY if args.tiny else Recipe2(), **{field: getattr(args, field) for field in base if field != "tiny"}
     )
     out = train(
-        args.work, recipe, Budget(args.budget), stop_after=args.stop_after, only=args.only, check=args.check_vae
+        args.work,
+        recipe,
+        Budget.parse(args.budget),
+        stop_after=args.stop_after,
+        only=args.only,
+        check=args.check_vae,
+        device=args.device,
     )
     if out is not None:
         print(f"wrote {out}")
