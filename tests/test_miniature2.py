@@ -265,3 +265,26 @@ def test_reference_free_pattern_energy_tells_textured_from_smoothed():
         assert evaluate2.pattern_energy(evaluate2.gaussian_blur(clip, 1.5)) < 0.5 * energy
     _, plain = world2.render_layers(world2.sample_params(PAIR, 14))
     assert evaluate2.pattern_energy(plain) < 0.05
+
+
+def test_gpu_script_tiny_mode_trains_checks_and_reports(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import second_world_gpu
+    finally:
+        sys.path.pop(0)
+    assert second_world_gpu.main(["--out", str(tmp_path), "--tiny"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [row["method"] for row in report["rows"]] == [
+        "sketcher only",
+        "renderer only",
+        "SRD switch at 1",
+        "SRD+specialist switch at 1",
+        "sketcher only, 2 steps",
+    ]
+    assert all(row["count"] == 2 and row["seconds"] > 0 for row in report["rows"])
+    assert report["vae_check"]["true"]["semantic"] == 100.0
+    assert (tmp_path / "work" / "result" / "specialist" / "config.json").exists()
