@@ -288,3 +288,18 @@ def test_gpu_script_tiny_mode_trains_checks_and_reports(tmp_path):
     assert all(row["count"] == 2 and row["seconds"] > 0 for row in report["rows"])
     assert report["vae_check"]["true"]["semantic"] == 100.0
     assert (tmp_path / "work" / "result" / "specialist" / "config.json").exists()
+
+
+def test_vae_band_loss_sees_the_patterns_and_not_the_layout():
+    import torch
+
+    from srd_plugin.miniature.train2 import high_band
+
+    textured, plain = world2.render_layers(world2.sample_params(PAIR, 15))
+    as_model = [torch.from_numpy(c.astype(np.float64)).permute(3, 0, 1, 2)[None] * 2 - 1 for c in (textured, plain)]
+    band, plain_band = (high_band(x) for x in as_model)
+    reference = evaluate2.high_band(textured)  # the evaluator's band, same low-pass (truncated at 4 std there)
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    np.testing.assert_allclose(band[0].permute(1, 2, 3, 0).numpy()[inner] / 2, reference[inner], atol=2e-3)
+    assert float((plain_band**2).mean()) < 0.5 * float((band**2).mean())  # outlines alone: most of it is pattern
+    assert high_band(torch.full((1, 3, 5, 16, 16), 0.3)).abs().max() < 1e-6  # flat: nothing fine

@@ -92,6 +92,8 @@ class Recipe2:
     vae_kl_weight: float = 1e-6
     #: read by the first recipe's reconstruction loss: the objects' pixels (and one around them) weigh this much more
     vae_object_weight: float = 4.0
+    #: weight of the MSE between the high bands (frames minus a 1.5 px Gaussian low-pass) of output and input
+    vae_band_weight: float = 0.0
     single_seeds: int = 32
     pair_seeds: int = 4
     #: use every n-th training prompt (1: all; the tiny mode thins them out)
@@ -246,6 +248,21 @@ def _crops(recipe: Recipe2, bank: dict[str, torch.Tensor], generator: torch.Gene
     return x, torch.stack([m for _, m in crops]).float() / 255
 
 
+def high_band(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """(B, C, F, H, W) minus its spatial Gaussian low-pass (std `sigma` px, reflected at the borders):
+    the fine patterns, which a plain reconstruction loss lets a young VAE average away."""
+    radius = int(3 * sigma)
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    taps = taps / taps.sum()
+    batch, channels, frames, height, width = x.shape
+    flat = x.permute(0, 2, 1, 3, 4).reshape(-1, 1, height, width)
+    flat = torch.nn.functional.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    low = torch.nn.functional.conv2d(flat, taps.view(1, 1, 1, -1))
+    low = torch.nn.functional.conv2d(low, taps.view(1, 1, -1, 1))
+    low = low.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+    return x - low
+
+
 def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget: Budget, device: str = "cpu") -> Any:
     from diffusers import AutoencoderKLWan
 
@@ -268,6 +285,8 @@ def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget
         loss = (
             _reconstruction_loss(recipe, masks, y, x) + _edge_loss(y, x) + recipe.vae_kl_weight * posterior.kl().mean()
         )
+        if recipe.vae_band_weight:
+            loss = loss + recipe.vae_band_weight * ((high_band(y) - high_band(x)) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
