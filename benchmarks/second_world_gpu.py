@@ -121,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--tiny", action="store_true", help="the tiny recipe on the CPU: seconds, results mean nothing")
     parser.add_argument("--device", default=None, help="default: cuda, or cpu with --tiny")
-    parser.add_argument("--clips", type=int, default=None, help="validation clips to generate (default 48; tiny 2)")
+    parser.add_argument("--clips", type=int, default=None, help="validation clips to generate (default 24; tiny 2)")
     args = parser.parse_args(argv)
     device = args.device or ("cpu" if args.tiny else "cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --tiny (CPU) or on the GPU machine")
     recipe = train2.TINY if args.tiny else GPU_RECIPE
     budget = train2.Budget() if args.tiny else train2.Budget(stages=GPU_BUDGET)
-    clips = args.clips or (2 if args.tiny else 48)
+    clips = args.clips or (2 if args.tiny else 24)
     schedule = TINY_SCHEDULE if args.tiny else (DEFAULT_STEPS, SWITCH_STEPS, REDUCED_STEPS)
     torch.manual_seed(0)
     started = time.perf_counter()
