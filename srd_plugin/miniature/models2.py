@@ -1,0 +1,105 @@
+"""Architectures of the second miniature world's models (see `world2` and docs/miniature.md).
+
+Everything is a real diffusers component, as in the first world: an `AutoencoderKLWan` of the
+Wan2.2 kind (2x2 pixel patches, residual space-to-depth shortcuts) that compresses 17x64x64
+pixels 8x in space and 4x in time to 5x8x8 latents of 48 channels (Wan2.2's 48 channels, at the
+ratios of a miniature), and `WanTransformer3DModel`s with patch (1, 2, 2): 5x4x4 = 80 video tokens.
+The renderer has the sketcher's width and a quarter of its blocks; the low-noise specialist has
+the renderer's size and sees only the noise levels it serves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..testing import WanSize, tiny_wan_transformer
+from .models import GUIDANCE_SCALE, MAX_SEQUENCE_LENGTH
+from .world2 import HEIGHT, NUM_FRAMES, WIDTH
+
+LATENT_CHANNELS = 48
+SPATIAL_FACTOR = 8
+TEMPORAL_FACTOR = 4
+#: the second world is sampled with more steps than the first: its detail needs them
+DEFAULT_STEPS = 30
+
+SKETCHER_SIZE = WanSize(num_layers=12, num_attention_heads=2, attention_head_dim=32, ffn_dim=256)
+RENDERER_SIZE = WanSize(num_layers=3, num_attention_heads=2, attention_head_dim=32, ffn_dim=256)
+SPECIALIST_SIZE = RENDERER_SIZE
+
+
+def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
+    """A tiny Wan2.2-style AutoencoderKLWan: 17x64x64 pixels -> 5x8x8 latents of 48 channels.
+
+    It is fully convolutional (and causal in time), so it trains on crops (`train2` uses 9 frames
+    of 32x32) and encodes whole clips at the same cost per pixel.
+    """
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=base_dim,
+        z_dim=LATENT_CHANNELS,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        is_residual=True,
+        patch_size=2,
+        in_channels=12,
+        out_channels=12,
+        scale_factor_spatial=SPATIAL_FACTOR,
+        scale_factor_temporal=TEMPORAL_FACTOR,
+        latents_mean=[0.0] * LATENT_CHANNELS,
+        latents_std=[1.0] * LATENT_CHANNELS,
+    )
+
+
+def build_transformer(size: WanSize, seed: int = 0) -> Any:
+    """A freshly initialised transformer of the second world, in training mode."""
+    return tiny_wan_transformer(
+        size, seed=seed, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, freq_dim=64
+    ).train()
+
+
+def load_second_pipeline(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(WanPipeline with the sketcher, {"renderer": ..., "specialist": ...}) from a folder `train2` wrote.
+
+    Nothing of the second world ships in the package yet (docs/miniature.md says why), so `path`
+    is required: the `result/` folder of a `train2` work folder.
+    """
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    root = Path(path)
+    if not (root / "pipeline" / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"no second-world pipeline in {root}: expected pipeline/model_index.json "
+            "(train one with `python -m srd_plugin.miniature.train2 --work DIR`, then pass DIR/result)"
+        )
+    pipe = WanPipeline.from_pretrained(root / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    others = {
+        role: WanTransformer3DModel.from_pretrained(root / role).eval()
+        for role in ("renderer", "specialist")
+        if (root / role / "config.json").exists()
+    }
+    return pipe, others
+
+
+def call_kwargs(
+    prompt: str, seed: int = 0, num_inference_steps: int = DEFAULT_STEPS, output_type: str = "np"
+) -> dict[str, Any]:
+    """The arguments of one generation in the second world (the size and text length it is trained for)."""
+    return dict(
+        prompt=prompt,
+        negative_prompt="",
+        height=HEIGHT,
+        width=WIDTH,
+        num_frames=NUM_FRAMES,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=GUIDANCE_SCALE,
+        generator=torch.Generator().manual_seed(seed),
+        output_type=output_type,
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )

@@ -1,0 +1,305 @@
+"""The second miniature world: dataset, evaluators (true and degraded clips), the recipe's tiny mode."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from srd_plugin.miniature import evaluate2, world2
+from srd_plugin.miniature.dataset import COLOURS, DIRECTIONS, SHAPES
+
+PAIR = "a red circle moving left and a blue square moving up"
+#: a fixed sample of prompts of every split, one and two objects
+SAMPLE = [p for split in world2.SPLITS for p in world2.prompts_of(split)[::37]]
+
+
+# -- dataset ----------------------------------------------------------------------------------
+def test_clips_are_deterministic_in_range_and_differ_by_seed():
+    clip = world2.make_clip(PAIR, seed=3)
+    assert clip.shape == (world2.NUM_FRAMES, world2.HEIGHT, world2.WIDTH, 3) == (17, 64, 64, 3)
+    assert clip.dtype == np.float32 and clip.min() >= 0.0 and clip.max() <= 1.0
+    np.testing.assert_array_equal(clip, world2.make_clip(world2.Prompt2.parse(PAIR), seed=3))
+    assert not np.array_equal(clip, world2.make_clip(PAIR, seed=4))
+
+
+def test_objects_move_as_prompted_stay_inside_and_apart():
+    for prompt in world2.all_prompts()[::5]:
+        params = world2.sample_params(prompt, seed=11)
+        for spec, obj in zip(prompt.objects, params.objects):
+            (x0, y0), (x1, y1) = obj.centres[0], obj.centres[-1]
+            dx, dy = DIRECTIONS[spec.direction]
+            assert (x1 - x0) * dx + (y1 - y0) * dy >= 16.0 - 1e-9
+            assert abs((x1 - x0) * dy) + abs((y1 - y0) * dx) == 0.0
+            for cx, cy in (obj.centres[0], obj.centres[-1]):
+                area = world2.shape_coverage(obj.shape, obj.size, cx, cy, world2.HEIGHT, world2.WIDTH).sum()
+                assert area == pytest.approx(np.pi * obj.size**2, rel=0.05)  # whole shape in frame
+        if len(params.objects) == 2:
+            overlap = np.prod(world2.coverage(params), axis=0)
+            assert overlap.max() == 0.0
+
+
+def test_patterns_are_fine_and_part_of_the_clip():
+    params = world2.sample_params(PAIR, seed=0)
+    textured, plain = world2.render_layers(params)
+    assert 0.03 < np.abs(textured - plain).mean() < 0.1  # the pattern is there, but small next to the objects
+    assert not np.array_equal(textured, world2.make_clip(PAIR, seed=1))
+    # the object's pattern moves with it: relative to its centre it is the same in every frame
+    obj = params.objects[0]
+    ys, xs = np.mgrid[0:64, 0:64] + 0.5
+    first = obj.pattern.values(xs - obj.centres[0][0], ys - obj.centres[0][1])
+    shifted = obj.pattern.values(xs + 16 - obj.centres[16][0], ys - obj.centres[16][1])  # moving left, 16 frames
+    speed = (obj.centres[0][0] - obj.centres[16][0]) / 16
+    assert speed > 0 and np.allclose(first, shifted, atol=1e-9) == (abs(speed - 1.0) < 1e-12)
+
+
+def test_splits_partition_the_prompts_and_keep_every_pair_in_training():
+    splits = {name: world2.prompts_of(name) for name in world2.SPLITS}
+    texts = [p.text for name in world2.SPLITS for p in splits[name]]
+    assert sorted(texts) == sorted(p.text for p in world2.all_prompts()) and len(texts) == 1500
+    assert all(len(splits[name]) >= 100 for name in ("validation", "test"))
+    train = splits["train"]
+    values = {"colour": list(COLOURS), "shape": list(SHAPES), "direction": list(DIRECTIONS)}
+    singles = [p.objects[0] for p in train if len(p.objects) == 1]
+    for first, second in itertools.combinations(values, 2):
+        seen = {(getattr(o, first), getattr(o, second)) for o in singles}
+        assert seen == set(itertools.product(values[first], values[second])), (first, second)
+    pairs = [p for p in train if len(p.objects) == 2]
+    for attribute in ("shape", "direction"):  # both objects' values in every combination
+        seen = {(getattr(p.objects[0], attribute), getattr(p.objects[1], attribute)) for p in pairs}
+        assert seen == set(itertools.product(values[attribute], repeat=2)), attribute
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("a red circle", "is not of the form"),
+        ("a pink circle moving left", "unknown colour"),
+        ("a red circle moving left and a red square moving up", "different colours"),
+        ("a blue circle moving left and a red square moving up", "earlier in the palette"),
+    ],
+)
+def test_prompt_parse_names_what_is_wrong(text, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        world2.Prompt2.parse(text)
+
+
+# -- evaluators on true clips -----------------------------------------------------------------------
+def test_true_clips_are_fully_semantic_and_their_own_detail():
+    scores = [evaluate2.score_semantics(world2.make_clip(p, 1000 + i), p) for i, p in enumerate(SAMPLE)]
+    summary = evaluate2.summarise(scores)
+    assert summary.count == len(SAMPLE) >= 40
+    assert summary.semantic == 100.0, [(p.text, s) for p, s in zip(SAMPLE, scores) if not s.semantic_ok]
+    clip = world2.make_clip(PAIR, 5)
+    detail = evaluate2.score_detail(clip, clip)
+    assert detail.high_psnr == evaluate2.PSNR_CAP and detail.high_correlation == pytest.approx(1.0)
+
+
+# -- evaluators on degraded clips -------------------------------------------------------------------
+def test_blur_keeps_the_semantics_and_loses_the_detail():
+    for index, prompt in enumerate(SAMPLE[::4]):
+        clip = world2.make_clip(prompt, 2000 + index)
+        blurred = evaluate2.gaussian_blur(clip.astype(np.float64), 1.5)
+        assert evaluate2.score_semantics(blurred, prompt).semantic_ok, prompt.text
+        detail = evaluate2.score_detail(blurred, clip)
+        assert detail.high_energy < 0.5 and detail.high_psnr < 35.0  # the pattern's contrast is mostly gone
+    # the pattern-free rendering (right layout, no texture) loses the detail as well
+    textured, plain = world2.render_layers(world2.sample_params(PAIR, 7))
+    assert evaluate2.score_semantics(plain, PAIR).semantic_ok
+    flat = evaluate2.score_detail(plain, textured)
+    assert abs(flat.high_correlation) < 0.1 and flat.high_energy < 0.05 and flat.high_psnr < 32.0
+
+
+def test_detail_ranks_noise_and_a_wrong_phase_below_the_truth():
+    clip = world2.make_clip(PAIR, 8).astype(np.float64)
+    noisy = np.clip(clip + np.random.default_rng(0).normal(0, 0.03, clip.shape), 0, 1)
+    rolled = np.roll(clip, 2, axis=2)  # everything 2 px to the right: every pattern out of phase
+    true, noise, phase = (evaluate2.score_detail(x, clip) for x in (clip, noisy, rolled))
+    assert true.high_psnr > noise.high_psnr > 20.0
+    assert phase.high_correlation < 0.3 < noise.high_correlation < true.high_correlation
+
+
+def test_wrong_colour_loses_colour_and_only_that():
+    clip = world2.make_clip("a red circle moving left", 9)
+    swapped = clip[..., [1, 0, 2]]  # red <-> green
+    score = evaluate2.score_semantics(swapped, "a red circle moving left")
+    assert not score.colour_ok and not score.semantic_ok
+    assert evaluate2.score_semantics(swapped, "a green circle moving left").semantic_ok
+
+
+def test_reversed_clip_loses_every_direction():
+    clip = world2.make_clip(PAIR, 10)
+    score = evaluate2.score_semantics(clip[::-1], PAIR)
+    assert score.colour_ok and score.shape_ok and score.count_ok and not score.direction_ok
+    flipped = "a red circle moving right and a blue square moving down"
+    assert evaluate2.score_semantics(clip[::-1], flipped).semantic_ok
+
+
+def test_two_objects_swapping_roles_fail_the_binding():
+    params = world2.sample_params(PAIR, 12)
+    clip = world2.render(params)
+    swapped = "a red square moving up and a blue circle moving left"  # same words, other object does what
+    score = evaluate2.score_semantics(clip, swapped)
+    assert score.count_ok and score.colour_ok and not score.shape_ok and not score.direction_ok
+
+
+def test_a_missing_object_fails_the_count():
+    textured, _ = world2.render_layers(world2.sample_params("a red circle moving left", 13))
+    score = evaluate2.score_semantics(textured, PAIR)
+    assert not score.count_ok and not score.colour_ok and not score.semantic_ok
+    empty = np.full_like(textured, 0.3)
+    nothing = evaluate2.score_semantics(empty, "a red circle moving left")
+    assert nothing.detection.objects == () and not nothing.semantic_ok
+
+
+def test_evaluators_refuse_a_wrong_layout():
+    clip = world2.make_clip(PAIR, 0)
+    with pytest.raises(ValueError, match=r"\(F, H, W, 3\)"):
+        evaluate2.detect(clip[..., 0])
+    with pytest.raises(ValueError, match="differ in shape"):
+        evaluate2.score_detail(clip[:9], clip)
+
+
+# -- the recipe (tiny mode) ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from srd_plugin.miniature import train2
+
+    work = tmp_path_factory.mktemp("second") / "work"
+    assert train2.main(["--work", str(work), "--tiny", "--check-vae"]) == 0
+    return work
+
+
+def test_tiny_recipe_writes_a_pipeline_renderer_and_specialist_that_run_srd(tiny_run):
+    import srd_plugin as srd
+    from srd_plugin.miniature.models2 import LATENT_CHANNELS, call_kwargs, load_second_pipeline
+
+    pipe, others = load_second_pipeline(tiny_run / "result")
+    renderer, specialist = others["renderer"], others["specialist"]
+    assert pipe.vae.config.z_dim == LATENT_CHANNELS and len(pipe.vae.config.latents_std) == LATENT_CHANNELS
+    for small in (renderer, specialist):  # same width, fewer blocks
+        assert small.config.num_layers < pipe.transformer.config.num_layers
+        assert small.config.num_attention_heads * small.config.attention_head_dim == (
+            pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim
+        )
+    with srd.sketch_render(pipe, renderer, switch="step", switch_step=1):
+        frames = pipe(**call_kwargs(PAIR, seed=0, num_inference_steps=2)).frames[0]
+    assert frames.shape == (17, 64, 64, 3) and np.isfinite(frames).all()
+    assert srd.last_trace(pipe).roles == ["sketch", "render"]
+    stages = json.loads((tiny_run / "result" / "stages.json").read_text())
+    assert {name: stage["reason"] for name, stage in stages.items()} == dict.fromkeys(stages, "steps")
+    check = json.loads((tiny_run / "vae_check.json").read_text())
+    assert check["true"]["semantic"] == 100.0 and check["through_vae"]["count"] == 4
+
+
+def test_specialist_sees_only_its_noise_levels():
+    import torch
+
+    from srd_plugin.miniature.train2 import sample_sigmas
+
+    generator = torch.Generator().manual_seed(0)
+    low, full = sample_sigmas(4000, generator, 0.6), sample_sigmas(4000, generator)
+    assert low.max() <= 0.6 + 1e-6 and low.max() > 0.58
+    assert full.max() > 0.99 and full.mean() > low.mean()
+
+
+def test_flow_stage_resumes_exactly_and_a_budget_stop_is_resumed(tiny_run, tmp_path):
+    import shutil
+
+    import torch
+
+    from srd_plugin.miniature import train2
+
+    def fresh(name: str):
+        work = tmp_path / name
+        work.mkdir()
+        for item in ("clips.pt", "vae.pt", "vae_final", "latents.pt", "recipe.json"):
+            source = tiny_run / item
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, work / item)
+        return work
+
+    straight = fresh("straight")
+    train2.main(["--work", str(straight), "--tiny", "--stop-after", "sketcher", "--patience", "99"])
+    split = fresh("split")
+    train2.main(["--work", str(split), "--tiny", "--stop-after", "sketcher", "--budget", "0"])
+    assert json.loads((split / "sketcher_final" / "done.json").read_text())["reason"] == "budget"
+    train2.main(["--work", str(split), "--tiny", "--stop-after", "sketcher", "--sketcher-steps", "2"])
+    train2.main(["--work", str(split), "--tiny", "--stop-after", "sketcher", "--patience", "99"])
+    # the first run stopped at step 2 by its step count: a larger count is only taken up by a fresh final
+    a, b = (torch.load(w / "sketcher.pt") for w in (straight, split))
+    assert a["step"] == 4 and b["step"] == 2
+    shutil.rmtree(split / "sketcher_final")
+    train2.main(["--work", str(split), "--tiny", "--stop-after", "sketcher", "--patience", "99"])
+    b = torch.load(split / "sketcher.pt")
+    assert b["step"] == 4 and b["history"] == a["history"]
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_recipe_refuses_bad_settings(tmp_path):
+    from srd_plugin.miniature import train2
+
+    with pytest.raises(ValueError, match="--budget must be >= 0"):
+        train2.Budget.parse("vae=-1")
+    with pytest.raises(ValueError, match="unknown stages"):
+        train2.Budget.parse("decoder=3")
+    with pytest.raises(ValueError, match="minutes like 30"):
+        train2.Budget.parse("vae=three")
+    budget = train2.Budget.parse("20,vae=0")
+    assert budget.timer("vae")() and not budget.timer("sketcher")()
+    with pytest.raises(ValueError, match="unknown stage"):
+        train2.train(tmp_path, train2.TINY, train2.Budget(), stop_after="decoder")
+    (tmp_path / "recipe.json").write_text(json.dumps(dataclasses.asdict(train2.Recipe2())))
+    with pytest.raises(ValueError, match="another recipe"):
+        train2.train(tmp_path, train2.TINY, train2.Budget())
+
+
+def test_reference_free_pattern_energy_tells_textured_from_smoothed():
+    for index, prompt in enumerate(SAMPLE[::6]):
+        clip = world2.make_clip(prompt, 3000 + index).astype(np.float64)
+        energy = evaluate2.pattern_energy(clip)
+        assert 0.7 < energy < 1.4, (prompt.text, energy)
+        assert evaluate2.pattern_energy(evaluate2.gaussian_blur(clip, 1.5)) < 0.5 * energy
+    _, plain = world2.render_layers(world2.sample_params(PAIR, 14))
+    assert evaluate2.pattern_energy(plain) < 0.05
+
+
+def test_gpu_script_tiny_mode_trains_checks_and_reports(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import second_world_gpu
+    finally:
+        sys.path.pop(0)
+    assert second_world_gpu.main(["--out", str(tmp_path), "--tiny"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [row["method"] for row in report["rows"]] == [
+        "sketcher only",
+        "renderer only",
+        "SRD switch at 1",
+        "SRD+specialist switch at 1",
+        "sketcher only, 2 steps",
+    ]
+    assert all(row["count"] == 2 and row["seconds"] > 0 for row in report["rows"])
+    assert report["vae_check"]["true"]["semantic"] == 100.0
+    assert (tmp_path / "work" / "result" / "specialist" / "config.json").exists()
+
+
+def test_vae_band_loss_sees_the_patterns_and_not_the_layout():
+    import torch
+
+    from srd_plugin.miniature.train2 import high_band
+
+    textured, plain = world2.render_layers(world2.sample_params(PAIR, 15))
+    as_model = [torch.from_numpy(c.astype(np.float64)).permute(3, 0, 1, 2)[None] * 2 - 1 for c in (textured, plain)]
+    band, plain_band = (high_band(x) for x in as_model)
+    reference = evaluate2.high_band(textured)  # the evaluator's band, same low-pass (truncated at 4 std there)
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    np.testing.assert_allclose(band[0].permute(1, 2, 3, 0).numpy()[inner] / 2, reference[inner], atol=2e-3)
+    assert float((plain_band**2).mean()) < 0.5 * float((band**2).mean())  # outlines alone: most of it is pattern
+    assert high_band(torch.full((1, 3, 5, 16, 16), 0.3)).abs().max() < 1e-6  # flat: nothing fine
