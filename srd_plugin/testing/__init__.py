@@ -97,11 +97,8 @@ def tiny_wan_vae(z_dim: int = LATENT_CHANNELS, seed: int = 0) -> Any:
     ).eval()
 
 
-def tiny_wan_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0, **overrides: Any) -> Any:
-    """A random-weight WanTransformer3DModel of the given size (text width `TEXT_DIM`)."""
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
+def tiny_wan_config(size: WanSize = SKETCHER_SIZE, **overrides: Any) -> dict[str, Any]:
+    """The config of a tiny Wan-architecture transformer (Wan, VACE and SkyReels-V2 classes share it)."""
     kwargs = dict(
         patch_size=(1, 2, 2),
         num_attention_heads=size.num_attention_heads,
@@ -117,7 +114,15 @@ def tiny_wan_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0, **overrid
         rope_max_seq_len=32,
     )
     kwargs.update(overrides)
-    return WanTransformer3DModel(**kwargs).eval()
+    return kwargs
+
+
+def tiny_wan_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0, **overrides: Any) -> Any:
+    """A random-weight WanTransformer3DModel of the given size (text width `TEXT_DIM`)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(**tiny_wan_config(size, **overrides)).eval()
 
 
 def make_scheduler(kind: str = "unipc", shift: float = 3.0) -> Any:

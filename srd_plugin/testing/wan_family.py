@@ -15,7 +15,6 @@ from . import (
     LATENT_CHANNELS,
     RENDERER_SIZE,
     SKETCHER_SIZE,
-    TEXT_DIM,
     WanSize,
     make_cogvideox_scheduler,
     make_scheduler,
@@ -24,6 +23,7 @@ from . import (
     tiny_t5_encoder,
     tiny_text_encoder,
     tiny_tokenizer,
+    tiny_wan_config,
     tiny_wan_transformer,
     tiny_wan_vae,
 )
@@ -115,22 +115,7 @@ def tiny_vace_transformer(
     from diffusers import WanVACETransformer3DModel
 
     torch.manual_seed(seed)
-    kwargs = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=size.num_attention_heads,
-        attention_head_dim=size.attention_head_dim,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        text_dim=TEXT_DIM,
-        freq_dim=32,
-        ffn_dim=size.ffn_dim,
-        num_layers=size.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        vace_layers=list(vace_layers),
-        vace_in_channels=VACE_IN_CHANNELS,
-    )
+    kwargs = tiny_wan_config(size, vace_layers=list(vace_layers), vace_in_channels=VACE_IN_CHANNELS)
     kwargs.update(overrides)
     return WanVACETransformer3DModel(**kwargs).eval()
 
@@ -323,21 +308,7 @@ def tiny_skyreels_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0, **ov
     from diffusers import SkyReelsV2Transformer3DModel
 
     torch.manual_seed(seed)
-    kwargs = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=size.num_attention_heads,
-        attention_head_dim=size.attention_head_dim,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        text_dim=TEXT_DIM,
-        freq_dim=32,
-        ffn_dim=size.ffn_dim,
-        num_layers=size.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
-    kwargs.update(overrides)
+    kwargs = tiny_wan_config(size, **overrides)
     return SkyReelsV2Transformer3DModel(**kwargs).eval()
 
 
