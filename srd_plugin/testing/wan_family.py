@@ -18,6 +18,7 @@ from . import (
     WanSize,
     make_cogvideox_scheduler,
     make_scheduler,
+    tiny_call_kwargs,
     tiny_cogvideox_transformer,
     tiny_cogvideox_vae,
     tiny_t5_encoder,
@@ -197,22 +198,8 @@ def tiny_wan_i2v_clip_transformer(size: WanSize = SKETCHER_SIZE, seed: int = 0) 
 
 
 def tiny_i2v_call_kwargs(num_inference_steps: int = 8, seed: int = 0, **overrides: Any) -> dict[str, Any]:
-    """One quick image-to-video call from a random 32x32 image."""
-    kwargs: dict[str, Any] = dict(
-        image=tiny_frames(count=1, seed=seed)[0],
-        prompt="a red circle moving left",
-        negative_prompt="blurry",
-        height=32,
-        width=32,
-        num_frames=9,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=5.0,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-        max_sequence_length=16,
-    )
-    kwargs.update(overrides)
-    return kwargs
+    """One quick image-to-video call from a random 32x32 image (the text-to-video call plus the image)."""
+    return tiny_call_kwargs(num_inference_steps, seed, image=tiny_frames(count=1, seed=seed)[0], **overrides)
 
 
 # -- CogVideoX video-to-video / image-to-video -------------------------------------------------------
