@@ -121,6 +121,12 @@ def _shape_of(soft: np.ndarray, centres: np.ndarray) -> tuple[str, float]:
 
 def detect(frames: np.ndarray) -> Detection2:
     """The objects (colour, shape, direction, size, path) and background colour of frames (F, H, W, 3)."""
+    return detect_with_coverage(frames)[0]
+
+
+def detect_with_coverage(frames: np.ndarray) -> tuple[Detection2, dict[str, np.ndarray]]:
+    """`detect`, plus each found object's soft coverage (F, H, W) in [0, 1] by colour name (from the
+    low-passed frames: 1 well inside, 0 away from it), for evaluators that score inside the objects."""
     frames = _check_frames(frames)
     low = gaussian_blur(frames, LOWPASS_SIGMA)
     background = np.median(low.reshape(-1, 3), axis=0)
@@ -131,7 +137,7 @@ def detect(frames: np.ndarray) -> Detection2:
     labelled = standing_out & (distances.min(axis=-1) < PALETTE_RADIUS)
     height, width = frames.shape[1:3]
     ys, xs = np.mgrid[0:height, 0:width] + 0.5
-    objects = []
+    objects, coverages = [], {}
     for index, name in enumerate(COLOURS):
         mask = labelled & (nearest == index)
         if np.median(mask.sum(axis=(1, 2))) < MIN_AREA or (mask.sum(axis=(1, 2)) == 0).any():
@@ -143,6 +149,7 @@ def detect(frames: np.ndarray) -> Detection2:
         areas = soft.sum(axis=(1, 2))
         centres = np.stack([(soft * xs).sum(axis=(1, 2)) / areas, (soft * ys).sum(axis=(1, 2)) / areas], axis=1)
         shape, iou = _shape_of(soft, centres)
+        coverages[name] = soft
         objects.append(
             DetectedObject(
                 colour=name,
@@ -153,7 +160,7 @@ def detect(frames: np.ndarray) -> Detection2:
                 shape_iou=iou,
             )
         )
-    return Detection2(tuple(objects), tuple(float(v) for v in background))
+    return Detection2(tuple(objects), tuple(float(v) for v in background)), coverages
 
 
 @dataclass(frozen=True)
