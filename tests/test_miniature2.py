@@ -303,3 +303,128 @@ def test_vae_band_loss_sees_the_patterns_and_not_the_layout():
     np.testing.assert_allclose(band[0].permute(1, 2, 3, 0).numpy()[inner] / 2, reference[inner], atol=2e-3)
     assert float((plain_band**2).mean()) < 0.5 * float((band**2).mean())  # outlines alone: most of it is pattern
     assert high_band(torch.full((1, 3, 5, 16, 16), 0.3)).abs().max() < 1e-6  # flat: nothing fine
+
+
+# -- reference-free detail fidelity (fidelity2) ------------------------------------------------------
+#: one and two objects, stripes and checks in the background, a white (clipped) and coloured objects
+FIDELITY_CLIPS = [
+    (PAIR, 1),
+    ("a white triangle moving down", 2),
+    ("a yellow square moving right and a white circle moving left", 3),
+]
+
+
+def _half_contrast(params: world2.ClipParams2) -> world2.ClipParams2:
+    def half(pattern: world2.Pattern) -> world2.Pattern:
+        return dataclasses.replace(pattern, amplitude=pattern.amplitude / 2)
+
+    objects = tuple(dataclasses.replace(obj, pattern=half(obj.pattern)) for obj in params.objects)
+    return dataclasses.replace(params, objects=objects, background_pattern=half(params.background_pattern))
+
+
+@pytest.fixture(scope="module")
+def fidelities():
+    """Fidelity of each clip of FIDELITY_CLIPS: true, 1.5 px blurred, half contrast, pattern-free, noisy."""
+    from srd_plugin.miniature.fidelity2 import score_fidelity
+
+    scores = []
+    for prompt, seed in FIDELITY_CLIPS:
+        params = world2.sample_params(prompt, seed)
+        textured, plain = world2.render_layers(params)
+        variants = {
+            "true": textured,
+            "blurred": evaluate2.gaussian_blur(textured.astype(np.float64), 1.5),
+            "half": world2.render(_half_contrast(params)),
+            "plain": plain,
+            "noisy": np.clip(plain + np.random.default_rng(seed).normal(0, 0.05, plain.shape), 0, 1),
+        }
+        scores.append((params, variants, {name: score_fidelity(clip, prompt) for name, clip in variants.items()}))
+    return scores
+
+
+def test_fidelity_of_true_clips_is_high_and_finds_the_background_pattern(fidelities):
+    for params, _, score in fidelities:
+        true = score["true"]
+        assert true.fidelity_db >= 40.0 and true.explained >= 0.9, true
+        assert abs(true.contrast - 1.0) <= 0.15, true  # white objects read ~0.75: the world clips their crests
+        background, pattern = true.regions[0], params.background_pattern
+        assert background.name == "background" and background.kind == pattern.kind
+        symmetry = np.pi if pattern.kind == "stripes" else np.pi / 2  # checks turned by 90 degrees are the same
+        turn = (background.angle - pattern.angle) % symmetry
+        assert abs(background.period - pattern.period) < 0.2 and min(turn, symmetry - turn) < np.radians(3)
+
+
+def test_fidelity_ranks_blur_and_half_contrast_between_the_truth_and_no_pattern(fidelities):
+    from srd_plugin.miniature.fidelity2 import BACKGROUND_PATTERN_AMPLITUDE, OBJECT_PATTERN_AMPLITUDE
+
+    def faintest(wave: float) -> float:  # band energy of a unit wave of that frequency (rad/px), plane-wave gain
+        return 0.5 * (1 - np.exp(-0.5 * (evaluate2.LOWPASS_SIGMA * wave) ** 2)) ** 2
+
+    # the world grating nearest to a blank region is the faintest one: checks (two half-amplitude
+    # waves, sqrt(2) finer) or stripes of the longest period, whichever loses more to the filter
+    longest = world2.PERIOD_RANGE[1]
+    unit = min(faintest(2 * np.pi / longest), 2 * faintest(2 * np.pi * np.sqrt(2) / longest) / 4)
+    for _, _, score in fidelities:
+        true, blurred, half, plain = (score[name] for name in ("true", "blurred", "half", "plain"))
+        regions = plain.regions
+        amplitude = [
+            BACKGROUND_PATTERN_AMPLITUDE if r.name == "background" else OBJECT_PATTERN_AMPLITUDE for r in regions
+        ]
+        mse = sum(a**2 * unit * r.pixels for a, r in zip(amplitude, regions)) / sum(r.pixels for r in regions)
+        assert plain.fidelity_db == pytest.approx(-10 * np.log10(mse), abs=0.5)
+        assert plain.contrast < 0.01 and plain.fidelity_db < true.fidelity_db - 10
+        assert plain.fidelity_db + 2 < half.fidelity_db < true.fidelity_db - 10
+        assert half.contrast == pytest.approx(0.5, abs=0.05)
+        # a 1.5 px blur keeps under 1% (checks of period 4) to 40% (stripes of period 7) of a world grating's
+        # contrast: the faint remnant of a fine one is as far from the family as no pattern, a coarse one's nearer
+        assert plain.fidelity_db - 0.2 < blurred.fidelity_db < half.fidelity_db
+
+    def finest(pattern: world2.Pattern) -> float:  # period of its finest wave, in px
+        return pattern.period if pattern.kind == "stripes" else pattern.period / np.sqrt(2)
+
+    coarse = [score for params, _, score in fidelities if finest(params.background_pattern) > 5]
+    assert len(coarse) == 1  # the first clip's background (most of the pixels): the blur keeps 28% of its contrast
+    assert coarse[0]["blurred"].fidelity_db > coarse[0]["plain"].fidelity_db + 1.0
+
+
+def test_noise_is_not_detail_for_fidelity_but_is_for_pattern_energy(fidelities):
+    for _, variants, score in fidelities:
+        assert score["noisy"].fidelity_db < score["plain"].fidelity_db and score["noisy"].explained < 0.05
+        assert evaluate2.pattern_energy(variants["noisy"]) > evaluate2.pattern_energy(variants["plain"]) + 0.5
+
+
+def test_fidelity_is_to_the_family_not_to_the_seed():
+    from srd_plugin.miniature.fidelity2 import score_fidelity
+
+    params = world2.sample_params(PAIR, 1)
+    red = params.objects[0]
+    assert red.pattern.kind == "stripes" and abs(red.pattern.period - 6.5) > 1
+
+    def red_fit(kind: str, period: float):
+        other = world2.Pattern(kind, period=period, angle=0.3, phase=1.0, amplitude=red.pattern.amplitude)
+        swapped = dataclasses.replace(params, objects=(dataclasses.replace(red, pattern=other), *params.objects[1:]))
+        score = score_fidelity(world2.render(swapped), PAIR)
+        return score, next(r for r in score.regions if r.name == "red")
+
+    score, fit = red_fit("checks", 6.5)  # another sample of the family: as faithful as the seed's own pattern
+    assert fit.explained >= 0.9 and fit.kind == "checks" and abs(fit.period - 6.5) < 0.2
+    assert score.fidelity_db >= 40.0 and fit.mse < 1e-5
+    for period in (2.5, 12.0):  # a clean grating, but finer or coarser than the world's: far from the family
+        _, fit = red_fit("stripes", period)
+        assert fit.mse > 1e-3 and fit.explained < 0.7, (period, fit)
+
+
+def test_fidelity_refuses_a_wrong_layout_and_summarises():
+    from srd_plugin.miniature.fidelity2 import score_fidelity
+
+    clip = world2.make_clip(PAIR, 0)
+    with pytest.raises(ValueError, match=r"\(F, H, W, 3\)"):
+        score_fidelity(clip[..., 0], PAIR)
+    _, plain = world2.render_layers(world2.sample_params(PAIR, 0))
+    fidelities = [score_fidelity(x, PAIR) for x in (clip, plain)]
+    summary = evaluate2.summarise([evaluate2.score_semantics(x, PAIR) for x in (clip, plain)], fidelities=fidelities)
+    assert summary.fidelity_db == pytest.approx(np.mean([f.fidelity_db for f in fidelities]))
+    assert summary.fidelity_contrast == pytest.approx(np.mean([f.contrast for f in fidelities]))
+    assert summary.fidelity_explained == pytest.approx(np.mean([f.explained for f in fidelities]))
+    assert summary.semantic == 100.0 and summary.high_psnr is None
+    assert evaluate2.summarise([evaluate2.score_semantics(clip, PAIR)]).fidelity_db is None  # callers without it

@@ -20,18 +20,22 @@ VAE check), where the true clip is known. A generated clip is a different sample
 prompt, with no true clip to compare with: for it, `pattern_energy` measures how much fine
 texture there is at all (the high band away from the clip's own outlines, relative to the
 world's typical true clip). It tells a smoothed clip from a textured one, but not a right
-pattern from noise; a fidelity score for generations (fitting the world's gratings) is still
-to be built (see docs/miniature.md, "Second design").
+pattern from noise: `fidelity2.score_fidelity` does, by fitting the world's gratings region by
+region (see docs/miniature.md, "Second design").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .dataset import COLOURS, DIRECTIONS, SHAPES, shape_coverage
 from .world2 import Prompt2
+
+if TYPE_CHECKING:
+    from .fidelity2 import FidelityScore
 
 LOWPASS_SIGMA = 1.5
 #: RGB distance from the background above which a (low-passed) pixel may be an object's
@@ -255,7 +259,7 @@ def score_detail(frames: np.ndarray, truth: np.ndarray) -> DetailScore:
 
 @dataclass(frozen=True)
 class Summary2:
-    """Means over many clips: accuracies in percent, PSNRs in dB."""
+    """Means over many clips: accuracies in percent, PSNRs in dB; detail and fidelity when given."""
 
     count: int
     semantic: float
@@ -267,9 +271,18 @@ class Summary2:
     high_psnr: float | None = None
     high_correlation: float | None = None
     high_energy: float | None = None
+    fidelity_db: float | None = None  # `fidelity2.FidelityScore` means (reference-free, for generations)
+    fidelity_explained: float | None = None
+    fidelity_contrast: float | None = None
 
 
-def summarise(semantics: list[SemanticScore], details: list[DetailScore] | None = None) -> Summary2:
+def summarise(
+    semantics: list[SemanticScore],
+    details: list[DetailScore] | None = None,
+    fidelities: list[FidelityScore] | None = None,
+) -> Summary2:
+    """Means of per-clip scores; detail (against true clips) and fidelity (reference-free) are optional,
+    as reconstructions have a true clip and generations do not."""
     if not semantics:
         raise ValueError("no clip scores to summarise")
 
@@ -279,6 +292,10 @@ def summarise(semantics: list[SemanticScore], details: list[DetailScore] | None 
     extra = {}
     if details:
         extra = {name: float(np.mean([getattr(d, name) for d in details])) for name in DetailScore.__dataclass_fields__}
+    if fidelities:
+        extra["fidelity_db"] = float(np.mean([f.fidelity_db for f in fidelities]))
+        extra["fidelity_explained"] = float(np.mean([f.explained for f in fidelities]))
+        extra["fidelity_contrast"] = float(np.mean([f.contrast for f in fidelities]))
     return Summary2(
         count=len(semantics),
         semantic=percent([s.semantic_ok for s in semantics]),
