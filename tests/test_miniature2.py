@@ -343,10 +343,15 @@ def fidelities():
 
 
 def test_fidelity_of_true_clips_is_high_and_finds_the_background_pattern(fidelities):
-    for params, _, score in fidelities:
-        true = score["true"]
+    from srd_plugin.miniature.fidelity2 import score_fidelity
+
+    sample = [(world2.sample_params(p, 4000 + i), p) for i, p in enumerate(SAMPLE[::4])]
+    scores = [score["true"] for _, _, score in fidelities] + [score_fidelity(world2.render(c), p) for c, p in sample]
+    for params, true in zip([params for params, _, _ in fidelities] + [c for c, _ in sample], scores):
         assert true.fidelity_db >= 40.0 and true.explained >= 0.9, true
-        assert abs(true.contrast - 1.0) <= 0.15, true  # white objects read ~0.75: the world clips their crests
+        # the world clips colour + pattern to [0, 1]: a channel near 1 (white, yellow, blue's blue) loses its
+        # crests, so such an object reads a lower contrast (white: 0.6-0.85); the background never clips
+        assert abs(true.contrast - 1.0) <= 0.2 and true.regions[0].contrast == pytest.approx(1.0, abs=0.01)
         background, pattern = true.regions[0], params.background_pattern
         assert background.name == "background" and background.kind == pattern.kind
         symmetry = np.pi if pattern.kind == "stripes" else np.pi / 2  # checks turned by 90 degrees are the same

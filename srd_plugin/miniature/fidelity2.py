@@ -19,8 +19,9 @@ the background is the pixels of `pattern_region` (away from every outline) outsi
 object in every frame (a static mask, as the background pattern is static); an object's interior
 is where its low-passed soft coverage exceeds `INTERIOR_COVERAGE` (about 2 px inside its outline),
 in a window that follows the object's centre found by `detect`. The world clips colour + pattern
-to [0, 1], so a light object's true pattern is clipped at its crests: white objects of true clips
-read a contrast of about 0.75 and explain about 0.93 of their band.
+to [0, 1], so a light object's true pattern is clipped at its crests: in true clips white objects
+read a contrast of 0.6-0.9 (and explain 0.82-0.96 of their band), yellow and blue ones 0.84-0.97,
+red, green ones and the background 0.96-1.
 
 For each region the family is searched (kind x period x angle; phases and amplitudes are linear:
 stripes use cos and sin of the wave, checks the identity cos(a + p) cos(b + q) = (cos(a - b + p -
