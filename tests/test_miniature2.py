@@ -419,6 +419,18 @@ def test_fidelity_is_to_the_family_not_to_the_seed():
         assert fit.mse > 1e-3 and fit.explained < 0.7, (period, fit)
 
 
+def test_a_flickering_background_pattern_is_not_the_worlds(fidelities):
+    from srd_plugin.miniature.fidelity2 import score_fidelity
+
+    params, _, score = fidelities[0]
+    frames = []
+    for index in range(world2.NUM_FRAMES):  # the background's grating shifts phase every frame
+        moved = dataclasses.replace(params.background_pattern, phase=params.background_pattern.phase + index)
+        frames.append(world2.render(dataclasses.replace(params, background_pattern=moved))[index])
+    flicker = score_fidelity(np.stack(frames), PAIR)
+    assert flicker.regions[0].explained < 0.1 and flicker.fidelity_db < score["plain"].fidelity_db
+
+
 def test_fidelity_refuses_a_wrong_layout_and_summarises():
     from srd_plugin.miniature.fidelity2 import score_fidelity
 
