@@ -1,9 +1,12 @@
 """Architectures of the second miniature world's models (see `world2` and docs/miniature.md).
 
 Everything is a real diffusers component, as in the first world: an `AutoencoderKLWan` of the
-Wan2.2 kind (2x2 pixel patches, residual space-to-depth shortcuts) that compresses 17x64x64
-pixels 8x in space and 4x in time to 5x8x8 latents of 48 channels (Wan2.2's 48 channels, at the
-ratios of a miniature), and `WanTransformer3DModel`s with patch (1, 2, 2): 5x4x4 = 80 video tokens.
+Wan2.1 kind (no pixel patches) that compresses 17x64x64 pixels 4x in space and 4x in time to
+5x16x16 latents of 48 channels (Wan2.2's channel count), and `WanTransformer3DModel`s with patch (1, 4, 4): 5x4x4 = 80
+video tokens, each 16x16 pixels of 4 frames, as in the first design. A first VAE of the Wan2.2
+kind (8x in space, 48 channels) kept the layout and lost every pattern (docs/miniature.md,
+"Second design"): a latent cell of 8x8 pixels is wider than the patterns' period, and the
+decoder must then synthesise the grating inside it; a 4x4 cell only has to interpolate it.
 The renderer has the sketcher's width and a quarter of its blocks; the low-noise specialist has
 the renderer's size and sees only the noise levels it serves.
 """
@@ -20,8 +23,10 @@ from .models import GUIDANCE_SCALE, MAX_SEQUENCE_LENGTH
 from .world2 import HEIGHT, NUM_FRAMES, WIDTH
 
 LATENT_CHANNELS = 48
-SPATIAL_FACTOR = 8
+SPATIAL_FACTOR = 4
 TEMPORAL_FACTOR = 4
+#: the transformers' patch: 4x4 latent cells (16x16 pixels) per token keeps the token count at 80
+PATCH_SIZE = (1, 4, 4)
 #: the second world is sampled with more steps than the first: its detail needs them
 DEFAULT_STEPS = 30
 
@@ -31,10 +36,12 @@ SPECIALIST_SIZE = RENDERER_SIZE
 
 
 def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
-    """A tiny Wan2.2-style AutoencoderKLWan: 17x64x64 pixels -> 5x8x8 latents of 48 channels.
+    """A tiny Wan2.1-style AutoencoderKLWan: 17x64x64 pixels -> 5x16x16 latents of 48 channels.
 
-    It is fully convolutional (and causal in time), so it trains on crops (`train2` uses 9 frames
-    of 32x32) and encodes whole clips at the same cost per pixel.
+    It is fully convolutional (and causal in time), so it trains on small crops (`train2` uses 9
+    frames of 16x16: a period of the patterns fits, and three latent frames show the decoder its
+    steady causal state; 5-frame crops left every frame after the fifth miscoloured)
+    and encodes whole clips at the same cost per pixel.
     """
     from diffusers import AutoencoderKLWan
 
@@ -45,10 +52,10 @@ def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
         dim_mult=[1, 2, 2],
         num_res_blocks=1,
         temperal_downsample=[True, True],
-        is_residual=True,
-        patch_size=2,
-        in_channels=12,
-        out_channels=12,
+        is_residual=False,
+        patch_size=None,
+        in_channels=3,
+        out_channels=3,
         scale_factor_spatial=SPATIAL_FACTOR,
         scale_factor_temporal=TEMPORAL_FACTOR,
         latents_mean=[0.0] * LATENT_CHANNELS,
@@ -59,7 +66,12 @@ def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
 def build_transformer(size: WanSize, seed: int = 0) -> Any:
     """A freshly initialised transformer of the second world, in training mode."""
     return tiny_wan_transformer(
-        size, seed=seed, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, freq_dim=64
+        size,
+        seed=seed,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        patch_size=PATCH_SIZE,
+        freq_dim=64,
     ).train()
 
 

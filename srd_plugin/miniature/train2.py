@@ -8,9 +8,9 @@ Stages, each checkpointed in the work folder and resumed when run again:
 
 1. ``clips``: a bank of training clips (training prompts, seeds 0..999), stored as 8-bit frames.
 2. ``vae``: an `AutoencoderKLWan` (`models2.build_vae`) learns to reconstruct random crops
-   (9 frames of 32x32) of the bank from the posterior mean: MSE + 0.5 L1 with the objects' pixels
-   weighted more, + the L1 distance of the spatial gradients (edges and patterns), + a small KL
-   term; constant learning rate after 50 warm-up steps, a cosine decay over the last
+   (9 frames of 16x16, 12 per step) of the bank from the posterior mean: MSE + 0.5 L1 with the
+   objects' pixels weighted more, + the L1 distance of the spatial gradients (edges and patterns),
+   + ``vae_band_weight`` times the MSE of the high bands (the patterns), + a small KL term; constant learning rate after 50 warm-up steps, a cosine decay over the last
    ``vae_decay_steps`` of ``vae_steps``.
 3. ``latents``: training clips (``single_seeds`` per one-object prompt, ``pair_seeds`` per
    two-object prompt) and a fixed validation set encoded (posterior mean), normalised per channel;
@@ -83,17 +83,17 @@ class Recipe2:
     seed: int = 0
     vae_clips: int = 1024
     vae_base_dim: int = 24
-    vae_steps: int = 20000
-    vae_decay_steps: int = 2000
-    vae_batch: int = 8
-    vae_crop: int = 32
+    vae_steps: int = 4000
+    vae_decay_steps: int = 800
+    vae_batch: int = 12
+    vae_crop: int = 16
     vae_crop_frames: int = 9
-    vae_lr: float = 5e-4
+    vae_lr: float = 8e-4
     vae_kl_weight: float = 1e-6
     #: read by the first recipe's reconstruction loss: the objects' pixels (and one around them) weigh this much more
     vae_object_weight: float = 4.0
     #: weight of the MSE between the high bands (frames minus a 1.5 px Gaussian low-pass) of output and input
-    vae_band_weight: float = 0.0
+    vae_band_weight: float = 10.0
     single_seeds: int = 32
     pair_seeds: int = 4
     #: use every n-th training prompt (1: all; the tiny mode thins them out)
