@@ -192,14 +192,20 @@ def training_prompts(recipe: Recipe2) -> list[world2.Prompt2]:
     return world2.prompts_of("train")[:: recipe.prompt_stride]
 
 
-def validation_set(count: int) -> list[tuple[world2.Prompt2, int]]:
-    """A fixed (prompt, seed) list of validation clips: a quarter one-object, the rest two-object; seeds 1000+."""
-    prompts = world2.prompts_of("validation")
+def clip_set(split: str, count: int) -> list[tuple[world2.Prompt2, int]]:
+    """A fixed (prompt, seed) list of `count` clips of `split`: a quarter one-object, the rest two-object;
+    seeds 1000+, never used in training. Fixed so that every benchmark of a split sees the same clips."""
+    prompts = world2.prompts_of(split)
     singles = [p for p in prompts if len(p.objects) == 1]
     pairs = [p for p in prompts if len(p.objects) == 2]
     chosen = [singles[i % len(singles)] for i in range(count // 4)]
     chosen += [pairs[(7 * i) % len(pairs)] for i in range(count - count // 4)]
     return [(prompt, 1000 + index) for index, prompt in enumerate(chosen)]
+
+
+def validation_set(count: int) -> list[tuple[world2.Prompt2, int]]:
+    """The fixed validation clips (`clip_set`): what training's checks and settings may look at."""
+    return clip_set("validation", count)
 
 
 def _frames_to_model(frames: np.ndarray) -> torch.Tensor:
