@@ -277,6 +277,8 @@ def test_gpu_script_tiny_mode_trains_checks_and_reports(tmp_path):
         "sketcher only, 2 steps",
     ]
     assert all(row["count"] == 2 and row["seconds"] > 0 for row in report["rows"])
+    for row in report["rows"]:  # the reference-free fidelity of every row: a PSNR and a contrast
+        assert 0 < row["fidelity_db"] <= 60 and row["fidelity_contrast"] >= 0, row
     assert report["vae_check"]["true"]["semantic"] == 100.0
     assert (tmp_path / "work" / "result" / "specialist" / "config.json").exists()
 
