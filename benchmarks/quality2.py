@@ -104,14 +104,7 @@ class Result2(Result):
             "teacache_threshold": teacache.threshold if teacache is not None else None,
             "sketch_steps": float(np.mean(self.sketch_steps)),
             "clips": summary.count,
-            "semantic": summary.semantic,
-            "count": summary.count_accuracy,
-            "colour": summary.colour,
-            "shape": summary.shape,
-            "direction": summary.direction,
-            "fidelity_db": summary.fidelity_db,
-            "contrast": summary.fidelity_contrast,
-            "pattern_energy": float(np.mean(self.energies)),
+            **_score_columns(summary, self.energies),
             "seconds": statistics.mean(self.seconds),
             "denoise_seconds": statistics.mean(self.denoise_seconds),
             "teacache_computed_calls": float(np.mean([c for c, _ in self.teacache_calls]))
@@ -119,6 +112,19 @@ class Result2(Result):
             else None,
             "teacache_calls": float(np.mean([n for _, n in self.teacache_calls])) if self.teacache_calls else None,
         }
+
+
+def _score_columns(summary: evaluate2.Summary2, energies: list[float]) -> dict[str, float | None]:
+    return {
+        "semantic": summary.semantic,
+        "count": summary.count_accuracy,
+        "colour": summary.colour,
+        "shape": summary.shape,
+        "direction": summary.direction,
+        "fidelity_db": summary.fidelity_db,
+        "contrast": summary.fidelity_contrast,
+        "pattern_energy": float(np.mean(energies)),
+    }
 
 
 def _step(label: str, steps: int, switch_step: int, small: str = "renderer") -> Method2:
@@ -193,17 +199,7 @@ def reference_row(clips: list[tuple[world2.Prompt2, int]]) -> dict[str, Any]:
         fidelities.append(fidelity2.score_fidelity(clip, prompt))
         energies.append(evaluate2.pattern_energy(clip))
     summary = evaluate2.summarise(semantics, fidelities=fidelities)
-    return {
-        "method": "reference: true clips",
-        "semantic": summary.semantic,
-        "count": summary.count_accuracy,
-        "colour": summary.colour,
-        "shape": summary.shape,
-        "direction": summary.direction,
-        "fidelity_db": summary.fidelity_db,
-        "contrast": summary.fidelity_contrast,
-        "pattern_energy": float(np.mean(energies)),
-    }
+    return {"method": "reference: true clips", **_score_columns(summary, energies)}
 
 
 def suggest(rows: list[dict[str, Any]]) -> dict[str, Any]:
