@@ -10,7 +10,8 @@ Stages, each checkpointed in the work folder and resumed when run again:
 2. ``vae``: an `AutoencoderKLWan` (`models2.build_vae`) learns to reconstruct random crops
    (9 frames of 16x16, 12 per step) of the bank from the posterior mean: MSE + 0.5 L1 with the
    objects' pixels weighted more, + the L1 distance of the spatial gradients (edges and patterns),
-   + ``vae_band_weight`` times the MSE of the high bands (the patterns), + a small KL term; constant learning rate after 50 warm-up steps, a cosine decay over the last
+   + ``vae_band_weight`` times the MSE of the high bands (the patterns), + a small KL term; constant
+   learning rate after 50 warm-up steps, a cosine decay over the last
    ``vae_decay_steps`` of ``vae_steps``.
 3. ``latents``: training clips (``single_seeds`` per one-object prompt, ``pair_seeds`` per
    two-object prompt) and a fixed validation set encoded (posterior mean), normalised per channel;
