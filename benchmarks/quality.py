@@ -124,10 +124,12 @@ def guidance_free_methods(srd_methods: list[Method], steps: int) -> list[Method]
     ]
 
 
-def generate(pipe: Any, renderer: Any, method: Method, prompt: dataset.Prompt, seed: int, result: Result) -> None:
+def timed_call(pipe: Any, renderer: Any, method: Method, kwargs: dict[str, Any], result: Result) -> np.ndarray:
+    """One whole pipeline call with SRD enabled as `method` says (so that every method has a trace);
+    appends its wall time, denoising time, sketch steps and TeaCache calls to `result`; the frames."""
     srd.enable(pipe, renderer, **method.settings)
     start = time.perf_counter()
-    frames = pipe(**miniature_call_kwargs(prompt.text, seed=seed, num_inference_steps=method.num_steps)).frames[0]
+    frames = pipe(**kwargs).frames[0]
     result.seconds.append(time.perf_counter() - start)
     trace = srd.last_trace(pipe)
     result.denoise_seconds.append(trace.total_seconds)
@@ -135,7 +137,12 @@ def generate(pipe: Any, renderer: Any, method: Method, prompt: dataset.Prompt, s
     stats = teacache_stats(pipe.transformer)
     if stats is not None:
         result.teacache_calls.append((stats.computed_calls, len(stats.decisions)))
-    result.scores.append(evaluate.score_clip(frames, prompt))
+    return frames
+
+
+def generate(pipe: Any, renderer: Any, method: Method, prompt: dataset.Prompt, seed: int, result: Result) -> None:
+    kwargs = miniature_call_kwargs(prompt.text, seed=seed, num_inference_steps=method.num_steps)
+    result.scores.append(evaluate.score_clip(timed_call(pipe, renderer, method, kwargs, result), prompt))
 
 
 def run_pass(pipe: Any, renderer: Any, methods: list[Method], clips: list[tuple[dataset.Prompt, int]]) -> list[Result]:
@@ -158,6 +165,27 @@ def reference_row(pipe: Any, clips: list[tuple[dataset.Prompt, int]]) -> dict[st
             scores.append(evaluate.score_clip(frames, prompt))
     summary = evaluate.summarise(scores)
     return {"method": "reference: true clips through the VAE", **asdict(summary)}
+
+
+def matched_steps(steps: int, srd_denoise: list[float], sketcher_denoise: list[float]) -> int:
+    """The step count at which the sketcher alone costs SRD's measured denoising compute (step reduction)."""
+    return max(1, round(steps * statistics.mean(srd_denoise) / statistics.mean(sketcher_denoise)))
+
+
+def with_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds whole-call and denoising speedups against the pass's first row (its sketcher-only base)."""
+    for row in rows:
+        row["speedup"] = rows[0]["seconds"] / row["seconds"]
+        row["denoise_speedup"] = rows[0]["denoise_seconds"] / row["denoise_seconds"]
+    return rows
+
+
+def append_to_benchmarks(script: str, argv: list[str] | None, text: str) -> None:
+    """Appends `text` to BENCHMARKS.md under the command line that produced it."""
+    command = "python " + " ".join([script, *(argv if argv is not None else sys.argv[1:])])
+    path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+    with path.open("a") as handle:
+        handle.write(f"\n### `{command}`\n\n{text}\n")
 
 
 def teacache_method(steps: int, threshold: float) -> Method:
@@ -191,10 +219,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     results = run_pass(pipe, renderer, methods, clips)
     by_label = {r.method.label: r for r in results}
-    compute_share = statistics.mean(by_label["SRD adaptive"].denoise_seconds) / statistics.mean(
-        by_label["sketcher only"].denoise_seconds
+    reduced_steps = matched_steps(
+        args.steps, by_label["SRD adaptive"].denoise_seconds, by_label["sketcher only"].denoise_seconds
     )
-    reduced_steps = max(1, round(args.steps * compute_share))
     reduction = Method(
         f"step reduction ({reduced_steps} steps)", reduced_steps, {"switch": "step", "switch_step": reduced_steps}
     )
@@ -205,13 +232,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         second.append(teacache_method(args.steps, args.teacache_threshold))
     second.append(reduction)
     second_results = run_pass(pipe, renderer, second, clips)
-    rows = []
-    for batch in (results, second_results):
-        batch_rows = [r.row() for r in batch]
-        for row in batch_rows:
-            row["speedup"] = batch_rows[0]["seconds"] / row["seconds"]
-            row["denoise_speedup"] = batch_rows[0]["denoise_seconds"] / row["denoise_seconds"]
-        rows += batch_rows
+    rows = [row for batch in (results, second_results) for row in with_speedups([r.row() for r in batch])]
     return {
         "split": args.split,
         "prompts": [p.text for p in prompts],
@@ -261,28 +282,38 @@ def table(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
+    reference = report["reference"]
+    panels = (
+        ("semantic", "semantic accuracy (%)", reference["semantic"]),
+        ("detail_db", "detail (dB)", reference["detail"]),
+    )
+    title = f"Miniature world, {report['split']} prompts: quality versus time"
+    return plot_panels(report["rows"], panels, "true clips through the VAE", title, path)
+
+
+def plot_panels(
+    rows: list[dict[str, Any]], panels: tuple[tuple[str, str, float], ...], reference: str, title: str, path: Path
+) -> Path:
+    """One panel per (row key, axis label, reference value): every row's score against its wall time,
+    the reference (what true clips score) as a dashed line; second-pass bases are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panels = (
-        (axes[0], "semantic", "semantic", "semantic accuracy (%)"),
-        (axes[1], "detail_db", "detail", "detail (dB)"),
-    )
-    for axis, key, reference_key, label in panels:
-        axis.axhline(report["reference"][reference_key], color="grey", linestyle="--", linewidth=1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    for axis, (key, label, value) in zip(axes, panels):
+        axis.axhline(value, color="grey", linestyle="--", linewidth=1)
         axis.annotate(
-            "true clips through the VAE",
-            (0.01, report["reference"][reference_key]),
+            reference,
+            (0.01, value),
             fontsize=7,
             xycoords=("axes fraction", "data"),
             xytext=(0, 3),
             textcoords="offset points",
             color="grey",
         )
-        for row in report["rows"]:
+        for row in rows:
             if row["method"].endswith("(pass 2)"):
                 continue  # the second pass's own base: the same clips as "sketcher only"
             axis.scatter(row["seconds"], row[key], s=30)
@@ -292,7 +323,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         axis.set_xlabel("wall time per clip (s)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    fig.suptitle(f"Miniature world, {report['split']} prompts: quality versus time")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -340,10 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         print(f"wrote {plot(report, args.plot)}")
     if args.append:
-        command = "python " + " ".join(["benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
-        path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-        with path.open("a") as handle:
-            handle.write(f"\n### `{command}`\n\n{text}\n")
+        append_to_benchmarks("benchmarks/quality.py", argv, text)
     return 0
 
 

@@ -8,10 +8,11 @@
    rendering the clips on the CPU fits), on `--device`; the VAE check on the validation clips.
 2. Generations on validation clips (`train2.validation_set`, seeds 1000+; never trained on):
    sketcher only, renderer only, SRD switched at `SWITCH_STEPS` with the renderer and with the
-   low-noise specialist, and the sketcher with fewer steps; semantic accuracy (every attribute)
-   and the reference-free `pattern_energy` (1 = as much fine texture as true clips), wall time
-   per clip. Validation only: nothing here may be used to choose settings for the test split
-   other than through this split.
+   low-noise specialist, and the sketcher with fewer steps; semantic accuracy (every attribute),
+   the reference-free detail fidelity (`fidelity2`: dB to the world's nearest grating, and its
+   contrast) and `pattern_energy` (1 = as much fine texture as true clips), wall time per clip.
+   Validation only: nothing here may be used to choose settings for the test split other than
+   through this split.
 3. Everything under `--out`: `work/result/` (pipeline, renderer, specialist: `from_pretrained`
    folders), `work/vae_check.json`, `report.json`.
 """
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import srd_plugin as srd  # noqa: E402
 from srd_plugin.miniature import train2  # noqa: E402
 from srd_plugin.miniature.evaluate2 import pattern_energy, score_semantics, summarise  # noqa: E402
+from srd_plugin.miniature.fidelity2 import score_fidelity  # noqa: E402
 from srd_plugin.miniature.models2 import DEFAULT_STEPS, call_kwargs, load_second_pipeline  # noqa: E402
 
 GPU_RECIPE = replace(
@@ -98,10 +100,12 @@ def evaluate(result: Path, device: str, clips: int, schedule: tuple) -> list[dic
     for prompt, seed in train2.validation_set(clips):
         for name, role, switch, count in rows_of:  # interleaved per clip
             frames, seconds = generate(pipe, small.get(role), switch, count, prompt.text, seed)
-            scores[name].append((score_semantics(frames, prompt), pattern_energy(frames), seconds))
+            fidelity = score_fidelity(frames, prompt)
+            scores[name].append((score_semantics(frames, prompt), fidelity, pattern_energy(frames), seconds))
     rows = []
     for name, role, switch, count in rows_of:
-        summary = asdict(summarise([s for s, _, _ in scores[name]]))
+        semantics, fidelities, energies, times = zip(*scores[name])
+        summary = asdict(summarise(list(semantics), fidelities=list(fidelities)))
         rows.append(
             {
                 "method": name,
@@ -109,8 +113,8 @@ def evaluate(result: Path, device: str, clips: int, schedule: tuple) -> list[dic
                 "switch_step": switch,
                 "steps": count,
                 **summary,
-                "pattern_energy": float(np.mean([e for _, e, _ in scores[name]])),
-                "seconds": float(np.mean([t for _, _, t in scores[name]])),
+                "pattern_energy": float(np.mean(energies)),
+                "seconds": float(np.mean(times)),
             }
         )
     return rows
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     for row in rows:
         print(
-            f"{row['method']:32s} semantic {row['semantic']:5.1f}%  pattern {row['pattern_energy']:.2f}  "
+            f"{row['method']:32s} semantic {row['semantic']:5.1f}%  fidelity {row['fidelity_db']:5.2f} dB  "
+            f"contrast {row['fidelity_contrast']:.2f}  pattern {row['pattern_energy']:.2f}  "
             f"{row['seconds'] * 1000:.0f} ms"
         )
     return 0

@@ -32,3 +32,14 @@ def euler_pipe():
 @pytest.fixture
 def renderer():
     return tiny_wan_renderer()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A work folder of the second miniature world's tiny recipe (`train2 --tiny`, seconds), trained once
+    per session: its result/ is the pair the second world's tests and quality2's tests generate with."""
+    from srd_plugin.miniature import train2
+
+    work = tmp_path_factory.mktemp("second") / "work"
+    assert train2.main(["--work", str(work), "--tiny", "--check-vae"]) == 0
+    return work

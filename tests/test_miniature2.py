@@ -163,16 +163,7 @@ def test_evaluators_refuse_a_wrong_layout():
         evaluate2.score_detail(clip[:9], clip)
 
 
-# -- the recipe (tiny mode) ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from srd_plugin.miniature import train2
-
-    work = tmp_path_factory.mktemp("second") / "work"
-    assert train2.main(["--work", str(work), "--tiny", "--check-vae"]) == 0
-    return work
-
-
+# -- the recipe (tiny mode; `tiny_run` is in conftest.py) -------------------------------------------
 def test_tiny_recipe_writes_a_pipeline_renderer_and_specialist_that_run_srd(tiny_run):
     import srd_plugin as srd
     from srd_plugin.miniature.models2 import LATENT_CHANNELS, call_kwargs, load_second_pipeline
@@ -286,6 +277,8 @@ def test_gpu_script_tiny_mode_trains_checks_and_reports(tmp_path):
         "sketcher only, 2 steps",
     ]
     assert all(row["count"] == 2 and row["seconds"] > 0 for row in report["rows"])
+    for row in report["rows"]:  # the reference-free fidelity of every row: a PSNR and a contrast
+        assert 0 < row["fidelity_db"] <= 60 and row["fidelity_contrast"] >= 0, row
     assert report["vae_check"]["true"]["semantic"] == 100.0
     assert (tmp_path / "work" / "result" / "specialist" / "config.json").exists()
 

@@ -10,7 +10,8 @@ Stages, each checkpointed in the work folder and resumed when run again:
 2. ``vae``: an `AutoencoderKLWan` (`models2.build_vae`) learns to reconstruct random crops
    (9 frames of 16x16, 12 per step) of the bank from the posterior mean: MSE + 0.5 L1 with the
    objects' pixels weighted more, + the L1 distance of the spatial gradients (edges and patterns),
-   + ``vae_band_weight`` times the MSE of the high bands (the patterns), + a small KL term; constant learning rate after 50 warm-up steps, a cosine decay over the last
+   + ``vae_band_weight`` times the MSE of the high bands (the patterns), + a small KL term; constant
+   learning rate after 50 warm-up steps, a cosine decay over the last
    ``vae_decay_steps`` of ``vae_steps``.
 3. ``latents``: training clips (``single_seeds`` per one-object prompt, ``pair_seeds`` per
    two-object prompt) and a fixed validation set encoded (posterior mean), normalised per channel;
@@ -193,14 +194,20 @@ def training_prompts(recipe: Recipe2) -> list[world2.Prompt2]:
     return world2.prompts_of("train")[:: recipe.prompt_stride]
 
 
-def validation_set(count: int) -> list[tuple[world2.Prompt2, int]]:
-    """A fixed (prompt, seed) list of validation clips: a quarter one-object, the rest two-object; seeds 1000+."""
-    prompts = world2.prompts_of("validation")
+def clip_set(split: str, count: int) -> list[tuple[world2.Prompt2, int]]:
+    """A fixed (prompt, seed) list of `count` clips of `split`: a quarter one-object, the rest two-object;
+    seeds 1000+, never used in training. Fixed so that every benchmark of a split sees the same clips."""
+    prompts = world2.prompts_of(split)
     singles = [p for p in prompts if len(p.objects) == 1]
     pairs = [p for p in prompts if len(p.objects) == 2]
     chosen = [singles[i % len(singles)] for i in range(count // 4)]
     chosen += [pairs[(7 * i) % len(pairs)] for i in range(count - count // 4)]
     return [(prompt, 1000 + index) for index, prompt in enumerate(chosen)]
+
+
+def validation_set(count: int) -> list[tuple[world2.Prompt2, int]]:
+    """The fixed validation clips (`clip_set`): what training's checks and settings may look at."""
+    return clip_set("validation", count)
 
 
 def _frames_to_model(frames: np.ndarray) -> torch.Tensor:
