@@ -45,6 +45,7 @@ GPU_RECIPE = replace(
     vae_crop_frames=17,
     vae_steps=1500,
     vae_decay_steps=400,
+    vae_short_steps=1000,
     pair_seeds=2,
     batch=64,
     eval_every=100,
