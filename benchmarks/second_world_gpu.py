@@ -46,6 +46,7 @@ GPU_RECIPE = replace(
     vae_steps=1500,
     vae_decay_steps=400,
     vae_short_steps=1000,
+    vae_full_length_steps=500,
     pair_seeds=2,
     batch=64,
     eval_every=100,

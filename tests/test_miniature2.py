@@ -438,3 +438,19 @@ def test_fidelity_refuses_a_wrong_layout_and_summarises():
     assert summary.fidelity_explained == pytest.approx(np.mean([f.explained for f in fidelities]))
     assert summary.semantic == 100.0 and summary.high_psnr is None
     assert evaluate2.summarise([evaluate2.score_semantics(clip, PAIR)]).fidelity_db is None  # callers without it
+
+
+def test_vae_crops_grow_from_short_to_the_whole_clip():
+    import torch
+
+    from srd_plugin.miniature.train2 import Recipe2, _crops
+
+    recipe = Recipe2(vae_batch=2, vae_steps=10, vae_short_steps=4, vae_full_length_steps=3)
+    bank = {
+        "frames": torch.zeros(3, 17, 64, 64, 3, dtype=torch.uint8),
+        "masks": torch.zeros(3, 17, 64, 64, dtype=torch.uint8),
+    }
+    lengths = [_crops(recipe, bank, torch.Generator().manual_seed(step), step)[0].shape[2] for step in range(10)]
+    assert lengths == [5] * 4 + [9] * 3 + [17] * 3
+    x, masks = _crops(recipe, bank, torch.Generator().manual_seed(0), 9)
+    assert x.shape == (2, 3, 17, 16, 16) and masks.shape == (2, 17, 16, 16)

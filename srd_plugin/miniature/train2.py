@@ -8,12 +8,12 @@ Stages, each checkpointed in the work folder and resumed when run again:
 
 1. ``clips``: a bank of training clips (training prompts, seeds 0..999), stored as 8-bit frames.
 2. ``vae``: an `AutoencoderKLWan` (`models2.build_vae`) learns to reconstruct random crops
-   (16x16 pixels of 5 frames for the first ``vae_short_steps`` steps, then of 9 frames; 12 per
-   step) of the bank from the posterior mean: MSE + 0.5 L1 with the
-   objects' pixels weighted more, + the L1 distance of the spatial gradients (edges and patterns),
-   + ``vae_band_weight`` times the MSE of the high bands (the patterns), + a small KL term; constant
-   learning rate after 50 warm-up steps, a cosine decay over the last
-   ``vae_decay_steps`` of ``vae_steps``.
+   (16x16 pixels of 5 frames for the first ``vae_short_steps`` steps, then of 9 frames, and of the
+   whole clip's 17 for the last ``vae_full_length_steps``; 12 per step) of the bank from the
+   posterior mean: MSE + 0.5 L1 with the objects' pixels weighted more, + the L1 distance of the
+   spatial gradients (edges and patterns), + ``vae_band_weight`` times the MSE of the high bands
+   (the patterns), + a small KL term; constant learning rate after 50 warm-up steps, a cosine
+   decay over the last ``vae_decay_steps`` of ``vae_steps``.
 3. ``latents``: training clips (``single_seeds`` per one-object prompt, ``pair_seeds`` per
    two-object prompt) and a fixed validation set encoded (posterior mean), normalised per channel;
    the statistics go into the VAE config, which is how `WanPipeline` un-normalises.
@@ -85,7 +85,7 @@ class Recipe2:
     seed: int = 0
     vae_clips: int = 1024
     vae_base_dim: int = 24
-    vae_steps: int = 3000
+    vae_steps: int = 3600
     vae_decay_steps: int = 600
     vae_batch: int = 12
     vae_crop: int = 16
@@ -95,6 +95,10 @@ class Recipe2:
     #: steady causal state (later latent frames), which short crops never show it
     vae_short_frames: int = 5
     vae_short_steps: int = 2000
+    #: the last `vae_full_length_steps` steps use crops as long as the clip (17 frames): a 9-frame crop spans three
+    #: latent frames, and a decoder never shown the fourth and fifth degrades there (frames 9-16 lost 5-8 dB and
+    #: some objects' colours)
+    vae_full_length_steps: int = 600
     vae_lr: float = 8e-4
     vae_kl_weight: float = 1e-6
     #: read by the first recipe's reconstruction loss: the objects' pixels (and one around them) weigh this much more
@@ -127,9 +131,10 @@ class Recipe2:
 TINY = Recipe2(
     vae_clips=4,
     vae_base_dim=8,
-    vae_steps=4,
+    vae_steps=5,
     vae_decay_steps=2,
     vae_short_steps=2,
+    vae_full_length_steps=1,
     vae_batch=2,
     single_seeds=1,
     pair_seeds=1,
@@ -252,7 +257,12 @@ def _crops(
     """Random crops aligned to the latent grid: frames (B, 3, F, H, W) in [-1, 1], coverage (B, F, H, W)."""
     frames, masks = bank["frames"], bank["masks"]
     size = recipe.vae_crop
-    length = recipe.vae_short_frames if step < recipe.vae_short_steps else recipe.vae_crop_frames
+    if step >= recipe.vae_steps - recipe.vae_full_length_steps:
+        length = frames.shape[1]
+    elif step < recipe.vae_short_steps:
+        length = recipe.vae_short_frames
+    else:
+        length = recipe.vae_crop_frames
     index = torch.randint(len(frames), (recipe.vae_batch,), generator=generator)
     starts = torch.randint(frames.shape[1] - length + 1, (recipe.vae_batch,), generator=generator)
     cells = (frames.shape[2] - size) // 8 + 1
@@ -286,7 +296,7 @@ def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget
 
     final = work / "vae_final"
     done = _done(final)
-    if done is not None and done["reason"] != "budget":
+    if done is not None and done["reason"] != "budget" and done["step"] >= recipe.vae_steps:
         return AutoencoderKLWan.from_pretrained(final).eval()
     vae = build_vae(base_dim=recipe.vae_base_dim, seed=recipe.seed).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
