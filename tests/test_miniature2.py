@@ -454,3 +454,18 @@ def test_vae_crops_grow_from_short_to_the_whole_clip():
     assert lengths == [5] * 4 + [9] * 3 + [17] * 3
     x, masks = _crops(recipe, bank, torch.Generator().manual_seed(0), 9)
     assert x.shape == (2, 3, 17, 16, 16) and masks.shape == (2, 17, 16, 16)
+
+
+def test_transformers_reach_every_latent_direction_and_narrow_ones_are_refused():
+    """The width rule of `models2`: the last layer must span the whole token, or sampling keeps noise."""
+    import torch
+
+    from srd_plugin.miniature import models2
+    from srd_plugin.miniature.train2 import SIZES, TINY_SIZES
+    from srd_plugin.testing import WanSize
+
+    for size in [*SIZES.values(), *TINY_SIZES.values()]:
+        model = models2.build_transformer(size)
+        assert torch.linalg.matrix_rank(model.proj_out.weight.detach()) == models2.token_dimension()
+    with pytest.raises(ValueError, match=r"width .* at least 128 .* got 64"):
+        models2.build_transformer(WanSize(num_layers=1, num_attention_heads=2, attention_head_dim=32, ffn_dim=32))

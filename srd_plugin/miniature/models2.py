@@ -2,13 +2,23 @@
 
 Everything is a real diffusers component, as in the first world: an `AutoencoderKLWan` of the
 Wan2.1 kind (no pixel patches) that compresses 17x64x64 pixels 4x in space and 4x in time to
-5x16x16 latents of 48 channels (Wan2.2's channel count), and `WanTransformer3DModel`s with patch (1, 4, 4): 5x4x4 = 80
-video tokens, each 16x16 pixels of 4 frames, as in the first design. A first VAE of the Wan2.2
-kind (8x in space, 48 channels) kept the layout and lost every pattern (docs/miniature.md,
-"Second design"): a latent cell of 8x8 pixels is wider than the patterns' period, and the
-decoder must then synthesise the grating inside it; a 4x4 cell only has to interpolate it.
-The renderer has the sketcher's width and a quarter of its blocks; the low-noise specialist has
-the renderer's size and sees only the noise levels it serves.
+5x16x16 latents of 8 channels, and `WanTransformer3DModel`s with patch (1, 4, 4): 5x4x4 = 80
+video tokens, each 16x16 pixels of 4 frames, as in the first design.
+
+One rule ties the two together: a transformer's width must be at least its token's dimension
+(latent channels x patch volume; Wan2.1 has 64 -> 1536 or 5120). Its last layer maps the width
+to the token linearly, so a narrower model can only move the latents inside a subspace of that
+width, and the noise outside it is never removed: the first transformers of this design (width
+64, 48 channels, 768 numbers a token) ended every generation with 0.92 of the starting noise's
+power still in the 704 dimensions they could not reach (true latents hold 0.036 there). Eight
+channels keep what the 48 carried (their top 8 principal components held 96% of the power) and
+make the token 128 wide, the transformers' width.
+
+A first VAE of the Wan2.2 kind (8x in space, 48 channels) kept the layout and lost every pattern
+(docs/miniature.md, "Second design"): a latent cell of 8x8 pixels is wider than the patterns'
+period, and the decoder must then synthesise the grating inside it; a 4x4 cell only has to
+interpolate it. The renderer has the sketcher's width and a quarter of its blocks; the low-noise
+specialist has the renderer's size and sees only the noise levels it serves.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from ..testing import WanSize, tiny_wan_transformer
 from .models import GUIDANCE_SCALE, MAX_SEQUENCE_LENGTH
 from .world2 import HEIGHT, NUM_FRAMES, WIDTH
 
-LATENT_CHANNELS = 48
+LATENT_CHANNELS = 8
 SPATIAL_FACTOR = 4
 TEMPORAL_FACTOR = 4
 #: the transformers' patch: 4x4 latent cells (16x16 pixels) per token keeps the token count at 80
@@ -30,13 +40,14 @@ PATCH_SIZE = (1, 4, 4)
 #: the second world is sampled with more steps than the first: its detail needs them
 DEFAULT_STEPS = 30
 
-SKETCHER_SIZE = WanSize(num_layers=12, num_attention_heads=2, attention_head_dim=32, ffn_dim=256)
-RENDERER_SIZE = WanSize(num_layers=3, num_attention_heads=2, attention_head_dim=32, ffn_dim=256)
+#: width 128 = 8 channels x 16 latent cells: every latent direction is within the model's reach
+SKETCHER_SIZE = WanSize(num_layers=8, num_attention_heads=2, attention_head_dim=64, ffn_dim=256)
+RENDERER_SIZE = WanSize(num_layers=2, num_attention_heads=2, attention_head_dim=64, ffn_dim=256)
 SPECIALIST_SIZE = RENDERER_SIZE
 
 
 def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
-    """A tiny Wan2.1-style AutoencoderKLWan: 17x64x64 pixels -> 5x16x16 latents of 48 channels.
+    """A tiny Wan2.1-style AutoencoderKLWan: 17x64x64 pixels -> 5x16x16 latents of 8 channels.
 
     It is fully convolutional (and causal in time), so it trains on small crops (`train2` uses 9
     frames of 16x16: a period of the patterns fits, and three latent frames show the decoder its
@@ -63,8 +74,23 @@ def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
     )
 
 
+def token_dimension() -> int:
+    """How many numbers one video token carries: latent channels x the patch's latent cells."""
+    return LATENT_CHANNELS * PATCH_SIZE[0] * PATCH_SIZE[1] * PATCH_SIZE[2]
+
+
 def build_transformer(size: WanSize, seed: int = 0) -> Any:
-    """A freshly initialised transformer of the second world, in training mode."""
+    """A freshly initialised transformer of the second world, in training mode.
+
+    Refuses a width below `token_dimension()`: such a model cannot remove the noise outside the
+    subspace its last layer spans (the module docstring gives the measurement).
+    """
+    width = size.num_attention_heads * size.attention_head_dim
+    if width < token_dimension():
+        raise ValueError(
+            f"a second-world transformer needs a width (heads x head dim) of at least {token_dimension()} "
+            f"({LATENT_CHANNELS} latent channels x {PATCH_SIZE} patch), got {width}: widen it or shrink the patch"
+        )
     return tiny_wan_transformer(
         size,
         seed=seed,

@@ -72,10 +72,11 @@ from .train import (
 STAGES = ("clips", "vae", "latents", "sketcher", "renderer", "specialist", "pipeline")
 #: generator stage numbers of the flow stages (the VAE is 2, as in the first recipe)
 FLOW_STAGES = {"sketcher": 4, "renderer": 5, "specialist": 6}
+#: as narrow as `models2.build_transformer` allows (the width must cover a token), as shallow as runs
 TINY_SIZES = {
-    "sketcher": WanSize(num_layers=2, num_attention_heads=1, attention_head_dim=16, ffn_dim=32),
-    "renderer": WanSize(num_layers=1, num_attention_heads=1, attention_head_dim=16, ffn_dim=32),
-    "specialist": WanSize(num_layers=1, num_attention_heads=1, attention_head_dim=16, ffn_dim=32),
+    "sketcher": WanSize(num_layers=2, num_attention_heads=1, attention_head_dim=128, ffn_dim=32),
+    "renderer": WanSize(num_layers=1, num_attention_heads=1, attention_head_dim=128, ffn_dim=32),
+    "specialist": WanSize(num_layers=1, num_attention_heads=1, attention_head_dim=128, ffn_dim=32),
 }
 SIZES = {"sketcher": SKETCHER_SIZE, "renderer": RENDERER_SIZE, "specialist": SPECIALIST_SIZE}
 
