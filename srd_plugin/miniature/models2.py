@@ -2,7 +2,7 @@
 
 Everything is a real diffusers component, as in the first world: an `AutoencoderKLWan` of the
 Wan2.1 kind (no pixel patches) that compresses 17x64x64 pixels 4x in space and 4x in time to
-5x16x16 latents of 8 channels, and `WanTransformer3DModel`s with patch (1, 4, 4): 5x4x4 = 80
+5x16x16 latents of 8 channels (48, folded to 8), and `WanTransformer3DModel`s with patch (1, 4, 4): 5x4x4 = 80
 video tokens, each 16x16 pixels of 4 frames, as in the first design.
 
 One rule ties the two together: a transformer's width must be at least its token's dimension
@@ -12,7 +12,9 @@ width, and the noise outside it is never removed: the first transformers of this
 64, 48 channels, 768 numbers a token) ended every generation with 0.92 of the starting noise's
 power still in the 704 dimensions they could not reach (true latents hold 0.036 there). Eight
 channels keep what the 48 carried (their top 8 principal components held 96% of the power) and
-make the token 128 wide, the transformers' width.
+make the token 128 wide, the transformers' width. The VAE is trained with 48 channels and then
+folded onto its latents' top 8 principal components (`fold`): one trained with 8 from the start
+lost objects and patterns.
 
 A first VAE of the Wan2.2 kind (8x in space, 48 channels) kept the layout and lost every pattern
 (docs/miniature.md, "Second design"): a latent cell of 8x8 pixels is wider than the patterns'
@@ -32,7 +34,10 @@ from ..testing import WanSize, tiny_wan_transformer
 from .models import GUIDANCE_SCALE, MAX_SEQUENCE_LENGTH
 from .world2 import HEIGHT, NUM_FRAMES, WIDTH
 
+#: the latents the transformers see: the folded VAE's (`fold`), a token of 8 x 16 = 128 numbers
 LATENT_CHANNELS = 8
+#: the VAE is trained with 48 channels (Wan2.2's count), then folded onto its top 8 principal components
+TRAINED_CHANNELS = 48
 SPATIAL_FACTOR = 4
 TEMPORAL_FACTOR = 4
 #: the transformers' patch: 4x4 latent cells (16x16 pixels) per token keeps the token count at 80
@@ -47,7 +52,8 @@ SPECIALIST_SIZE = RENDERER_SIZE
 
 
 def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
-    """A tiny Wan2.1-style AutoencoderKLWan: 17x64x64 pixels -> 5x16x16 latents of 8 channels.
+    """A tiny Wan2.1-style AutoencoderKLWan, as trained: 17x64x64 pixels -> 5x16x16 latents of 48 channels
+    (`train2` folds it to `LATENT_CHANNELS` afterwards).
 
     It is fully convolutional (and causal in time), so it trains on small crops (`train2` uses 9
     frames of 16x16: a period of the patterns fits, and three latent frames show the decoder its
@@ -59,7 +65,7 @@ def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
     torch.manual_seed(seed)
     return AutoencoderKLWan(
         base_dim=base_dim,
-        z_dim=LATENT_CHANNELS,
+        z_dim=TRAINED_CHANNELS,
         dim_mult=[1, 2, 2],
         num_res_blocks=1,
         temperal_downsample=[True, True],
@@ -69,8 +75,8 @@ def build_vae(base_dim: int = 24, seed: int = 0) -> Any:
         out_channels=3,
         scale_factor_spatial=SPATIAL_FACTOR,
         scale_factor_temporal=TEMPORAL_FACTOR,
-        latents_mean=[0.0] * LATENT_CHANNELS,
-        latents_std=[1.0] * LATENT_CHANNELS,
+        latents_mean=[0.0] * TRAINED_CHANNELS,
+        latents_std=[1.0] * TRAINED_CHANNELS,
     )
 
 

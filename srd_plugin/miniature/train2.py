@@ -14,6 +14,12 @@ Stages, each checkpointed in the work folder and resumed when run again:
    spatial gradients (edges and patterns), + ``vae_band_weight`` times the MSE of the high bands
    (the patterns), + a small KL term; constant learning rate after 50 warm-up steps, a cosine
    decay over the last ``vae_decay_steps`` of ``vae_steps``.
+   Then the trained VAE is folded (`fold.fold_vae`) into one whose latents are the top
+   ``LATENT_CHANNELS`` principal components of its posterior means over ``fold_clips`` bank clips
+   (``vae_folded``): the transformers must be as wide as a token, so the latents must be narrow,
+   and a VAE trained narrow from the start lost objects and patterns. The fold is exact but where
+   the decoder's first convolution reads zero padding, so its decoder alone is then tuned for
+   ``fold_tune_steps`` steps on whole clips (not resumable: a few minutes). ``--check-vae`` checks it.
 3. ``latents``: training clips (``single_seeds`` per one-object prompt, ``pair_seeds`` per
    two-object prompt) and a fixed validation set encoded (posterior mean), normalised per channel;
    the statistics go into the VAE config, which is how `WanPipeline` un-normalises.
@@ -53,8 +59,9 @@ import torch
 from ..testing import WanSize
 from . import world2
 from .evaluate2 import score_detail, score_semantics, summarise
+from .fold import fold_vae, principal_components
 from .models import FLOW_SHIFT, build_text_encoder, build_tokenizer, make_scheduler
-from .models2 import RENDERER_SIZE, SKETCHER_SIZE, SPECIALIST_SIZE, build_transformer, build_vae
+from .models2 import LATENT_CHANNELS, RENDERER_SIZE, SKETCHER_SIZE, SPECIALIST_SIZE, build_transformer, build_vae
 from .train import (
     _checkpoint,
     _edge_loss,
@@ -106,6 +113,11 @@ class Recipe2:
     vae_object_weight: float = 4.0
     #: weight of the MSE between the high bands (frames minus a 1.5 px Gaussian low-pass) of output and input
     vae_band_weight: float = 10.0
+    #: bank clips whose latents give the principal components the VAE is folded onto
+    fold_clips: int = 128
+    #: steps (whole-clip crops) and peak learning rate of the folded decoder's tuning (cosine to 0)
+    fold_tune_steps: int = 300
+    fold_tune_lr: float = 2e-4
     #: clips per one-object / two-object training prompt (3110 in all: encoding them takes ~20 CPU-minutes)
     single_seeds: int = 24
     pair_seeds: int = 2
@@ -136,6 +148,7 @@ TINY = Recipe2(
     vae_decay_steps=2,
     vae_short_steps=2,
     vae_full_length_steps=1,
+    fold_tune_steps=1,
     vae_batch=2,
     single_seeds=1,
     pair_seeds=1,
@@ -253,12 +266,13 @@ def stage_clips(work: Path, recipe: Recipe2) -> dict[str, torch.Tensor]:
 
 # -- stage 2: VAE ---------------------------------------------------------------------------------
 def _crops(
-    recipe: Recipe2, bank: dict[str, torch.Tensor], generator: torch.Generator, step: int
+    recipe: Recipe2, bank: dict[str, torch.Tensor], generator: torch.Generator, step: int, whole: bool = False
 ) -> tuple[torch.Tensor, ...]:
-    """Random crops aligned to the latent grid: frames (B, 3, F, H, W) in [-1, 1], coverage (B, F, H, W)."""
+    """Random crops aligned to the latent grid: frames (B, 3, F, H, W) in [-1, 1], coverage (B, F, H, W);
+    as long as the step's phase says, or as the clip if `whole`."""
     frames, masks = bank["frames"], bank["masks"]
     size = recipe.vae_crop
-    if step >= recipe.vae_steps - recipe.vae_full_length_steps:
+    if whole or step >= recipe.vae_steps - recipe.vae_full_length_steps:
         length = frames.shape[1]
     elif step < recipe.vae_short_steps:
         length = recipe.vae_short_frames
@@ -292,6 +306,14 @@ def high_band(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     return x - low
 
 
+def _vae_loss(recipe: Recipe2, x: torch.Tensor, masks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Reconstruction (object pixels weighted), edges, and the high bands (the patterns) of `y` against `x`."""
+    loss = _reconstruction_loss(recipe, masks, y, x) + _edge_loss(y, x)
+    if recipe.vae_band_weight:
+        loss = loss + recipe.vae_band_weight * ((high_band(y) - high_band(x)) ** 2).mean()
+    return loss
+
+
 def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget: Budget, device: str = "cpu") -> Any:
     from diffusers import AutoencoderKLWan
 
@@ -311,11 +333,7 @@ def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget
             group["lr"] = _vae_lr(recipe, step, recipe.vae_steps, recipe.vae_decay_steps)
         posterior = vae.encode(x).latent_dist
         y = decode_unclamped(vae, posterior.mean)
-        loss = (
-            _reconstruction_loss(recipe, masks, y, x) + _edge_loss(y, x) + recipe.vae_kl_weight * posterior.kl().mean()
-        )
-        if recipe.vae_band_weight:
-            loss = loss + recipe.vae_band_weight * ((high_band(y) - high_band(x)) ** 2).mean()
+        loss = _vae_loss(recipe, x, masks, y) + recipe.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -329,6 +347,49 @@ def stage_vae(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], budget
     _mark_done(final, "steps" if step >= recipe.vae_steps else "budget", step)
     _log(work, f"vae stopped at step {step} ({_done(final)['reason']})")
     return vae
+
+
+def stage_fold(work: Path, recipe: Recipe2, bank: dict[str, torch.Tensor], vae: Any, vae_step: int) -> Any:
+    """The trained VAE folded onto the top `LATENT_CHANNELS` principal components of its latents (`fold`)."""
+    from diffusers import AutoencoderKLWan
+
+    final = work / "vae_folded"
+    done = _done(final)
+    if done is not None and done["step"] == vae_step:
+        return AutoencoderKLWan.from_pretrained(final).eval()
+    frames = bank["frames"][: recipe.fold_clips].float().div(255).numpy()
+    with torch.no_grad():
+        means = [
+            vae.encode(_frames_to_model(frames[start : start + 16]).to(vae.device)).latent_dist.mean.cpu()
+            for start in range(0, len(frames), 16)
+        ]
+    mean, components, share = principal_components(torch.cat(means), LATENT_CHANNELS)
+    folded = fold_vae(vae.cpu(), mean, components).to(vae.device)
+    _log(work, f"vae folded onto {LATENT_CHANNELS} principal components holding {float(share):.4f} of the power")
+    _tune_folded_decoder(recipe, bank, folded)
+    folded.save_pretrained(final)
+    _mark_done(final, "folded", vae_step, channels=LATENT_CHANNELS, power_share=float(share))
+    _log(work, f"folded decoder tuned for {recipe.fold_tune_steps} steps")
+    return folded
+
+
+def _tune_folded_decoder(recipe: Recipe2, bank: dict[str, torch.Tensor], folded: Any) -> None:
+    """A few steps on whole-clip crops for the decoder alone: the fold is exact except where its first
+    convolution reads zero padding (about 1 dB of PSNR); the encoder, and so the latent space, stay fixed."""
+    parameters = [*folded.post_quant_conv.parameters(), *folded.decoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.fold_tune_lr, weight_decay=0.0)
+    tuning = replace(recipe, vae_lr=recipe.fold_tune_lr)
+    for step in range(recipe.fold_tune_steps):
+        x, masks = (t.to(folded.device) for t in _crops(recipe, bank, _generator(recipe, 3, step), step, whole=True))
+        for group in optimizer.param_groups:
+            group["lr"] = _vae_lr(tuning, step, recipe.fold_tune_steps, recipe.fold_tune_steps)
+        with torch.no_grad():
+            z = folded.encode(x).latent_dist.mean
+        loss = _vae_loss(recipe, x, masks, decode_unclamped(folded, z))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    folded.eval()
 
 
 @torch.no_grad()
@@ -580,8 +641,9 @@ def train(
         )
     recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
     bank = stage_clips(work, recipe)
-    vae = stage_vae(work, recipe, bank, budget, device).to(device)
+    trained = stage_vae(work, recipe, bank, budget, device).to(device)
     vae_step = _done(work / "vae_final")["step"]
+    vae = stage_fold(work, recipe, bank, trained, vae_step).to(device)
     if check:
         figures = {"vae_step": vae_step, **check_vae(vae, recipe.validation_clips)}
         (work / "vae_check.json").write_text(json.dumps(figures, indent=2))
