@@ -469,3 +469,26 @@ def test_transformers_reach_every_latent_direction_and_narrow_ones_are_refused()
         assert torch.linalg.matrix_rank(model.proj_out.weight.detach()) == models2.token_dimension()
     with pytest.raises(ValueError, match=r"width .* at least 128 .* got 64"):
         models2.build_transformer(WanSize(num_layers=1, num_attention_heads=2, attention_head_dim=32, ffn_dim=32))
+
+
+def test_recipe_file_is_written_whole_by_processes_side_by_side(tmp_path):
+    """Two `--only` processes start together; neither may read the other's half-written recipe.json."""
+    import multiprocessing
+
+    from srd_plugin.miniature.train2 import _write_atomically
+
+    path = tmp_path / "recipe.json"
+    text = json.dumps({"key": "x" * 200_000})
+    context = multiprocessing.get_context("fork")
+    reads = []
+    for _ in range(5):  # plain write_text tore a read in 3 of 5 such rounds on this machine
+        writers = [context.Process(target=_write_atomically, args=(path, text)) for _ in range(4)]
+        for writer in writers:
+            writer.start()
+        while any(writer.is_alive() for writer in writers):
+            if path.exists():
+                reads.append(path.read_text())
+        for writer in writers:
+            writer.join()
+    assert reads and all(read == text for read in reads)
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.json"]

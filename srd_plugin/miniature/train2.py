@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -614,6 +615,14 @@ def stage_pipeline(
     return out
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write through a file of this process's own, then rename: the `--only` processes that run side by side
+    each rewrite recipe.json as they start, and one read an empty file while another was writing it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _fixed_part(recipe: dict[str, Any]) -> dict[str, Any]:
     """What a resumed run must share with the original: everything but the step counts and the patience."""
     return {key: value for key, value in recipe.items() if not key.endswith("_steps") and key != "patience"}
@@ -639,7 +648,7 @@ def train(
         raise ValueError(
             f"{work} holds a run of another recipe ({recipe_file}); only step counts and patience may change on resume"
         )
-    recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
+    _write_atomically(recipe_file, json.dumps(asdict(recipe), indent=2))
     bank = stage_clips(work, recipe)
     trained = stage_vae(work, recipe, bank, budget, device).to(device)
     vae_step = _done(work / "vae_final")["step"]
