@@ -230,6 +230,36 @@ def test_flow_stage_resumes_exactly_and_a_budget_stop_is_resumed(tiny_run, tmp_p
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=name)
 
 
+def test_a_folder_restored_from_kept_weights_goes_on_from_them(tiny_run, tmp_path):
+    """Work folders do not survive between sessions; the committed copy holds final weights and done.json only."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from srd_plugin.miniature import train2
+
+    work = tmp_path / "restored"
+    work.mkdir()
+    for item in ("recipe.json", "vae_final", "vae_folded"):
+        source = tiny_run / item
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / item)
+    command = ["--work", str(work), "--tiny", "--stop-after", "sketcher"]
+    train2.main([*command, "--budget", "0"])
+    kept = load_file(work / "sketcher_final" / "diffusion_pytorch_model.safetensors")
+    for item in ("sketcher.pt", "clips.pt", "latents.pt"):
+        (work / item).unlink()
+    train2.main([*command, "--budget", "0"])
+    assert "sketcher warm start from sketcher_final at step 0" in (work / "train.log").read_text()
+    saved = torch.load(work / "sketcher.pt")
+    for state in ("model", "ema", "best"):
+        for name, tensor in kept.items():
+            torch.testing.assert_close(saved[state][name], tensor, rtol=0, atol=0, msg=f"{state} {name}")
+    train2.main([*command, "--patience", "99"])
+    done = json.loads((work / "sketcher_final" / "done.json").read_text())
+    assert done["reason"] == "steps" and done["step"] == 4 and torch.load(work / "sketcher.pt")["step"] == 4
+
+
 def test_recipe_refuses_bad_settings(tmp_path):
     from srd_plugin.miniature import train2
 

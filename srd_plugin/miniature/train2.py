@@ -39,7 +39,9 @@ invocation's wall time; the stage is then
 finished provisionally (its result is written, marked ``"budget"``) and the next run resumes it
 from its checkpoint. Every random draw of step k comes from a generator seeded with (seed, stage,
 k), and checkpoints are atomic, so a resumed run continues exactly where a straight run would
-(a test checks it). One torch thread unless ``--threads`` says otherwise.
+(a test checks it). A folder that holds a budget-stopped stage's final weights but not its
+checkpoint (a copy restored from ``checkpoints/``, see docs/miniature.md) goes on from those weights
+with a fresh optimizer. One torch thread unless ``--threads`` says otherwise.
 """
 
 from __future__ import annotations
@@ -543,6 +545,9 @@ def stage_flow(
     checkpoint = work / f"{role}.pt"
     step = _resume(checkpoint, model=model, ema=ema, best=best, optimizer=optimizer)
     history = torch.load(checkpoint)["history"] if checkpoint.exists() else []
+    if not checkpoint.exists() and done is not None:
+        step, history = _warm_start(final, done, model, ema, best)
+        _log(work, f"{role} warm start from {final.name} at step {step}: the optimizer's state was not kept")
     latents, labels = data["latents"], data["labels"]
     model.train()
     expired = budget.timer(role)
@@ -587,6 +592,22 @@ def stage_flow(
     _mark_done(final, reason, step, best_step=best_step, history=history)
     _log(work, f"{role} stopped at step {step} ({reason}); kept the EMA of step {best_step}")
     return result
+
+
+def _warm_start(final: Path, done: dict[str, Any], *modules: torch.nn.Module) -> tuple[int, list[tuple[int, float]]]:
+    """Go on from a budget-stopped stage's kept weights when its checkpoint is gone.
+
+    A work folder restored from `checkpoints/` (the copy a session commits because work folders do not
+    survive between sessions) holds each stage's final weights and done.json, not its checkpoint of
+    model, EMA and optimizer: every module starts from the kept weights (the best EMA), Adam starts
+    afresh, and the step count and validation history go on from done.json.
+    """
+    from diffusers import WanTransformer3DModel
+
+    kept = WanTransformer3DModel.from_pretrained(final).state_dict()
+    for module in modules:
+        module.load_state_dict(kept)
+    return done["step"], [(int(step), float(loss)) for step, loss in done.get("history", [])]
 
 
 # -- stage 5: the pipeline folder -------------------------------------------------------------------
