@@ -522,3 +522,38 @@ def test_recipe_file_is_written_whole_by_processes_side_by_side(tmp_path):
             writer.join()
     assert reads and all(read == text for read in reads)
     assert [p.name for p in tmp_path.iterdir()] == ["recipe.json"]
+
+
+def test_the_kept_copy_of_the_second_world_restores_with_the_default_recipe():
+    """`checkpoints/second_world` is what a later session copies to a work folder and trains on (docs/miniature.md):
+    the default recipe must accept it, reuse its VAE and fold as they are, and warm-start its transformers."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from srd_plugin.miniature import models2, train2
+
+    kept = Path(__file__).resolve().parents[1] / "checkpoints" / "second_world"
+    recipe = json.loads((kept / "recipe.json").read_text())
+    assert train2._fixed_part(recipe) == train2._fixed_part(asdict(train2.Recipe2()))
+    vae_done = json.loads((kept / "vae_final" / "done.json").read_text())
+    assert vae_done["reason"] == "steps" and vae_done["step"] >= train2.Recipe2().vae_steps
+    assert json.loads((kept / "vae_folded" / "done.json").read_text())["step"] == vae_done["step"]
+    assert AutoencoderKLWan.from_pretrained(kept / "vae_folded").config.z_dim == models2.LATENT_CHANNELS
+    roles = [role for role in train2.FLOW_STAGES if (kept / f"{role}_final").is_dir()]
+    assert roles, "the kept copy holds no transformer"
+    for role in roles:
+        done = json.loads((kept / f"{role}_final" / "done.json").read_text())
+        assert done["reason"] in ("budget", "plateau", "steps") and done["history"]
+        config = WanTransformer3DModel.from_pretrained(kept / f"{role}_final").config
+        size = train2.SIZES[role]
+        assert (config.num_layers, config.num_attention_heads, config.attention_head_dim, config.ffn_dim) == (
+            size.num_layers,
+            size.num_attention_heads,
+            size.attention_head_dim,
+            size.ffn_dim,
+        )
+    files = [path for path in kept.rglob("*") if path.is_file()]
+    assert not [path.name for path in files if path.suffix == ".pt"], "checkpoints and the clip bank are not kept"
+    assert sum(path.stat().st_size for path in files) < 30 * 2**20
