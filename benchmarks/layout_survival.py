@@ -62,11 +62,8 @@ def finish(v2v: Any, model: Any, prompt: world2.Prompt2, seed: int, start: int, 
 
 
 def round_trip(vae: Any, prompt: world2.Prompt2, seed: int) -> np.ndarray:
-    """The true clip through the VAE (mode of the posterior, then decoded): what every start is bounded by."""
-    video = torch.from_numpy(world2.make_clip(prompt, seed)).float().permute(3, 0, 1, 2)[None] * 2 - 1
-    with torch.no_grad():
-        frames = vae.decode(vae.encode(video).latent_dist.mode(), return_dict=False)[0]
-    return (frames[0].permute(1, 2, 3, 0) / 2 + 0.5).clamp(0, 1).numpy()
+    """The true clip through the VAE alone (`train2.reconstruct`): what every start is bounded by."""
+    return train2.reconstruct(vae, world2.make_clip(prompt, seed))
 
 
 def survival(result: Path, clips: int, starts: list[int], steps: int) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from srd_plugin.miniature import evaluate2, train2  # noqa: E402
 from srd_plugin.miniature.models import build_text_encoder, build_tokenizer  # noqa: E402
+from srd_plugin.miniature.models import make_scheduler as wan_scheduler  # noqa: E402
 from srd_plugin.miniature.models2 import call_kwargs, load_second_pipeline  # noqa: E402
 
 LEVELS = (1.0, 0.98, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2)
@@ -76,9 +77,10 @@ def make_scheduler(name: str) -> Any:
 
     if name == "euler":
         return FlowMatchEulerDiscreteScheduler(shift=3.0)
-    order = 1 if name == "unipc-order-1" else 2
+    if name == "unipc":
+        return wan_scheduler()
     return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, solver_order=order
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, solver_order=1
     )
 
 
