@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import torch
@@ -125,12 +126,13 @@ class StepPolicy(FixedStepPolicy):
 
 
 class RatioPolicy(FixedStepPolicy):
-    """round(switch_ratio * N) steps sketch (rounded half up)."""
+    """round(switch_ratio * N) steps sketch, rounded half up in exact arithmetic on the float given: in floats,
+    0.85 * 10 rounds to 8.5 and up to 9, while the float 0.85 is a little below 0.85 and its share of 10 is 8."""
 
     name = "ratio"
 
     def sketch_steps(self) -> int:
-        return int(math.floor(self.config.switch_ratio * self.num_steps + 0.5))
+        return math.floor(Fraction(self.config.switch_ratio) * self.num_steps + Fraction(1, 2))
 
 
 class BoundaryPolicy(SwitchPolicy):

@@ -965,6 +965,14 @@ def test_adaptive_rule_on_any_metric_sequence(config, distances):
     assert decisions(AdaptivePolicy(config)) == first  # and a fresh one agrees
 
 
+def test_a_ratio_is_rounded_in_exact_arithmetic_on_the_float_given():
+    """Hypothesis found it: in floats 0.85 * 10 is 8.5 and rounds up to 9; the float 0.85 is below 0.85, so 8."""
+    served, _ = run_runtime(SRDConfig(switch="ratio", switch_ratio=0.85), [0.0] * 10)
+    assert served == [SKETCH] * 8 + [RENDER] * 2
+    served, _ = run_runtime(SRDConfig(switch="ratio", switch_ratio=0.25), [0.0] * 10)  # 2.5 exactly: half up
+    assert served == [SKETCH] * 3 + [RENDER] * 7
+
+
 TIMESTEP_LISTS = st.lists(st.floats(0.0, 1000.0), max_size=40).map(lambda ts: sorted(ts, reverse=True))
 
 
