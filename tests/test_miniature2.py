@@ -197,6 +197,44 @@ def test_specialist_sees_only_its_noise_levels():
     assert full.max() > 0.99 and full.mean() > low.mean()
 
 
+def test_the_logit_normal_density_centres_on_the_mid_levels_and_keeps_its_bound():
+    import torch
+
+    from srd_plugin.miniature.train2 import sample_sigmas
+
+    generator = torch.Generator().manual_seed(0)
+    full = sample_sigmas(20000, generator, density="logit-normal")
+    assert abs(full.median().item() - 0.5) < 0.02
+    # sigmoid(N(0, 1)) puts about 57% of the draws between 0.4 and 0.8 and 1.5% above 0.9 (shift3: 39% and 25%)
+    assert 0.54 < ((full > 0.4) & (full < 0.8)).float().mean().item() < 0.60
+    assert 0.01 < (full > 0.9).float().mean().item() < 0.02
+    low = sample_sigmas(20000, generator, 0.6, density="logit-normal")
+    assert low.max() <= 0.6 + 1e-6 and low.max() > 0.59
+
+
+def test_the_sketcher_heads_and_the_density_are_recipe_fields_checked_before_any_work(tmp_path):
+    from dataclasses import asdict
+
+    import pytest
+
+    from srd_plugin.miniature import train2
+
+    recipe = train2.Recipe2(sketcher_heads=4)
+    size = train2.flow_size(recipe, "sketcher")
+    assert (size.num_attention_heads, size.attention_head_dim) == (4, 32)
+    assert train2.flow_size(recipe, "renderer") == train2.SIZES["renderer"]
+    with pytest.raises(ValueError, match="sketcher_heads must divide"):
+        train2.train(tmp_path / "w", train2.Recipe2(sketcher_heads=3), train2.Budget())
+    with pytest.raises(ValueError, match="sigma-density takes one of"):
+        train2.train(tmp_path / "w", train2.Recipe2(sigma_density="uniform"), train2.Budget())
+    assert not (tmp_path / "w").exists()
+    # a recipe stored before these fields existed is the default recipe, and a changed field is another recipe
+    new_fields = ("sigma_density", "sketcher_heads")
+    stored = {key: value for key, value in asdict(train2.Recipe2()).items() if key not in new_fields}
+    assert train2._fixed_part(stored) == train2._fixed_part(asdict(train2.Recipe2()))
+    assert train2._fixed_part(stored) != train2._fixed_part(asdict(recipe))
+
+
 def test_flow_stage_resumes_exactly_and_a_budget_stop_is_resumed(tiny_run, tmp_path):
     import shutil
 

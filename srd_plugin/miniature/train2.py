@@ -137,6 +137,14 @@ class Recipe2:
     cfg_dropout: float = 0.1
     flow_object_weight: float = 2.0
     specialist_max_sigma: float = 0.9
+    #: the noise levels training draws: "shift3" (s = 3u / (1 + 2u), the schedule's own density, which puts a
+    #: quarter of the draws above 0.9 where little but the mean can be learned) or "logit-normal" (s =
+    #: sigmoid(n), n ~ N(0, 1): SD3's choice, most draws at the mid levels where this world's layouts are
+    #: decided, docs/miniature.md). Validation always uses "shift3", so runs of either stay comparable.
+    sigma_density: str = "shift3"
+    #: the sketcher's attention heads at its fixed width (128 = heads x head dim): more heads, more attention
+    #: maps to find, follow and bind objects, at the same cost per step
+    sketcher_heads: int = 2
     eval_every: int = 250
     patience: int = 8
     checkpoint_every: int = 50
@@ -473,11 +481,36 @@ def stage_latents(work: Path, recipe: Recipe2, vae: Any, vae_step: int) -> dict[
 
 
 # -- stage 4: flow matching ---------------------------------------------------------------------------
-def sample_sigmas(count: int, generator: torch.Generator, max_sigma: float = 1.0) -> torch.Tensor:
-    """The shift-3 density s = 3u / (1 + 2u), restricted to s <= max_sigma (u uniform below the matching bound)."""
-    u_max = max_sigma / (FLOW_SHIFT - (FLOW_SHIFT - 1) * max_sigma)
-    u = torch.rand(count, generator=generator) * u_max
-    return FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
+SIGMA_DENSITIES = ("shift3", "logit-normal")
+
+
+def sample_sigmas(
+    count: int, generator: torch.Generator, max_sigma: float = 1.0, density: str = "shift3"
+) -> torch.Tensor:
+    """Noise levels restricted to s <= max_sigma, by inverting the density's CDF below the matching bound.
+
+    "shift3": s = 3u / (1 + 2u), u uniform; "logit-normal": s = sigmoid(n), n standard normal.
+    """
+    if density == "shift3":
+        u_max = max_sigma / (FLOW_SHIFT - (FLOW_SHIFT - 1) * max_sigma)
+        u = torch.rand(count, generator=generator) * u_max
+        return FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
+    if density == "logit-normal":
+        bound = torch.special.ndtr(torch.logit(torch.tensor(max_sigma, dtype=torch.float64)))
+        u = torch.rand(count, generator=generator, dtype=torch.float64) * bound
+        return torch.sigmoid(torch.special.ndtri(u)).float()
+    raise ValueError(f"unknown sigma density {density!r}; choose one of {', '.join(SIGMA_DENSITIES)}")
+
+
+def flow_size(recipe: Recipe2, role: str) -> WanSize:
+    """The transformer a flow stage trains: `SIZES[role]` (or the tiny one), the sketcher with `sketcher_heads`."""
+    size = (TINY_SIZES if recipe.tiny else SIZES)[role]
+    if role != "sketcher" or recipe.sketcher_heads == size.num_attention_heads:
+        return size
+    width = size.num_attention_heads * size.attention_head_dim
+    if width % recipe.sketcher_heads:
+        raise ValueError(f"sketcher_heads must divide the sketcher's width {width}, got {recipe.sketcher_heads}")
+    return replace(size, num_attention_heads=recipe.sketcher_heads, attention_head_dim=width // recipe.sketcher_heads)
 
 
 def _flow_loss(
@@ -488,9 +521,10 @@ def _flow_loss(
     weight: float,
     generator: torch.Generator,
     max_sigma: float,
+    density: str = "shift3",
 ) -> torch.Tensor:
     noise = torch.randn(x0.shape, generator=generator)  # drawn on the CPU: the same on every device
-    sigma = sample_sigmas(len(x0), generator, max_sigma)
+    sigma = sample_sigmas(len(x0), generator, max_sigma, density)
     device = next(model.parameters()).device
     x0, text, masks, noise, sigma = (t.to(device) for t in (x0, text, masks, noise, sigma))
     s = sigma.view(-1, 1, 1, 1, 1)
@@ -535,7 +569,7 @@ def stage_flow(
     if done is not None and done["reason"] != "budget":
         return WanTransformer3DModel.from_pretrained(final).eval()
     stage = FLOW_STAGES[role]
-    size = (TINY_SIZES if recipe.tiny else SIZES)[role]
+    size = flow_size(recipe, role)
     steps = getattr(recipe, f"{role}_steps")
     max_sigma = recipe.specialist_max_sigma if role == "specialist" else 1.0
     model = build_transformer(size, seed=recipe.seed + stage).to(device)
@@ -564,7 +598,14 @@ def stage_flow(
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr * min(1.0, (step + 1) / recipe.warmup)
         loss = _flow_loss(
-            model, latents[index], conditioning, data["masks"][index], recipe.flow_object_weight, generator, max_sigma
+            model,
+            latents[index],
+            conditioning,
+            data["masks"][index],
+            recipe.flow_object_weight,
+            generator,
+            max_sigma,
+            recipe.sigma_density,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -645,7 +686,12 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _fixed_part(recipe: dict[str, Any]) -> dict[str, Any]:
-    """What a resumed run must share with the original: everything but the step counts and the patience."""
+    """What a resumed run must share with the original: everything but the step counts and the patience.
+
+    A field the stored recipe lacks (written before the field existed) counts as its default, which is
+    what that run used: the kept copy in `checkpoints/second_world` still resumes under the default recipe.
+    """
+    recipe = {**asdict(Recipe2()), **recipe}
     return {key: value for key, value in recipe.items() if not key.endswith("_steps") and key != "patience"}
 
 
@@ -663,6 +709,9 @@ def train(
         raise ValueError(f"unknown stage {stop_after!r}; choose one of {', '.join(STAGES)}")
     if only is not None and only not in FLOW_STAGES:
         raise ValueError(f"--only takes one of {', '.join(FLOW_STAGES)}, got {only!r}")
+    if recipe.sigma_density not in SIGMA_DENSITIES:
+        raise ValueError(f"--sigma-density takes one of {', '.join(SIGMA_DENSITIES)}, got {recipe.sigma_density!r}")
+    flow_size(recipe, "sketcher")  # refuses a head count that does not divide the width, before any work
     work.mkdir(parents=True, exist_ok=True)
     recipe_file = work / "recipe.json"
     if recipe_file.exists() and _fixed_part(json.loads(recipe_file.read_text())) != _fixed_part(asdict(recipe)):
