@@ -1,6 +1,8 @@
 """Where is a second-world clip's semantics decided, and does a model keep a layout it is given?
 
     python benchmarks/layout_survival.py --result runs/m6/result --clips 24 --threads 2
+    python benchmarks/layout_survival.py --result runs/m6/result --roles sketcher \
+        --model heads4=runs/h4/sketcher_final            # another transformer on the same latents, side by side
 
 SRD's premise is that the early, high-noise steps fix what a clip shows and the late ones only
 refine it. This measures it on a trained second-world pair without any prompt-following from
@@ -66,14 +68,31 @@ def round_trip(vae: Any, prompt: world2.Prompt2, seed: int) -> np.ndarray:
     return train2.reconstruct(vae, world2.make_clip(prompt, seed))
 
 
-def survival(result: Path, clips: int, starts: list[int], steps: int) -> list[dict[str, Any]]:
-    """One row per (model, start): the semantics of true validation clips finished from that start."""
-    from diffusers import WanVideoToVideoPipeline
+def survival(
+    result: Path,
+    clips: int,
+    starts: list[int],
+    steps: int,
+    roles: tuple[str, ...] = ("sketcher", "renderer", "specialist"),
+    extra: dict[str, Path] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (model, start): the semantics of true validation clips finished from that start.
+
+    `roles` picks the result's own transformers; `extra` adds transformers from other folders under
+    their own names (trained on the same latents: the result's VAE and normalisation decode them).
+    """
+    from diffusers import WanTransformer3DModel, WanVideoToVideoPipeline
 
     pipe, others = load_second_pipeline(result)
     v2v = WanVideoToVideoPipeline.from_pipe(pipe)
     v2v.set_progress_bar_config(disable=True)
-    models = {"sketcher": pipe.transformer, **others}
+    own = {"sketcher": pipe.transformer, **others}
+    missing = [role for role in roles if role not in own]
+    if missing:
+        raise ValueError(f"{result} holds no {', '.join(missing)}; it holds {', '.join(own)}")
+    models = {role: own[role] for role in roles}
+    for name, folder in (extra or {}).items():
+        models[name] = WanTransformer3DModel.from_pretrained(folder).eval()
     chosen = train2.clip_set("validation", clips)
     rows = [_row("VAE round trip", steps, 0.0, [round_trip(pipe.vae, p, s) for p, s in chosen], chosen)]
     for role, model in models.items():
@@ -132,7 +151,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--plot", type=Path, default=None, help="write semantic accuracy against the start (PNG)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--roles", default="sketcher,renderer,specialist", help="the result's transformers to run, comma-separated"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also run the transformer saved in DIR under NAME (repeatable; same latents as --result)",
+    )
     args = parser.parse_args(argv)
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    extra: dict[str, Path] = {}
+    for item in args.model:
+        name, _, folder = item.partition("=")
+        if not name or not folder:
+            parser.error(f"--model takes NAME=DIR, got {item!r}")
+        if not (Path(folder) / "config.json").exists():
+            parser.error(f"--model {name}: no transformer in {folder} (config.json missing)")
+        extra[name] = Path(folder)
+    if not roles and not extra:
+        parser.error("nothing to run: give --roles or --model")
     starts = [int(s) for s in args.starts.split(",") if s.strip()]
     for start in starts:
         if not 0 <= start < args.steps:
@@ -141,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clips must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = survival(args.result, args.clips, starts, args.steps)
+    rows = survival(args.result, args.clips, starts, args.steps, roles, extra)
     print(table(rows))
     if args.plot:
         print(f"wrote {plot(rows, args.plot)}")

@@ -85,3 +85,28 @@ def test_the_round_trip_of_a_true_clip_keeps_its_size(tiny_run):
     assert frames.shape == (17, 64, 64, 3)
     assert 0.0 <= frames.min() and frames.max() <= 1.0
     assert torch.isfinite(torch.from_numpy(frames)).all()
+
+
+def test_a_transformer_from_another_folder_runs_beside_the_chosen_roles(tiny_run, capsys):
+    """Oracle: the renderer's own folder under another name gives the renderer's row exactly."""
+    result = tiny_run / "result"
+    argv = ["--result", str(result), "--clips", "1", "--starts", "0", "--steps", "2", "--roles", "renderer"]
+    assert layout_survival.main([*argv, "--model", f"again={result / 'renderer'}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    renderer = next(line for line in lines if line.startswith("| renderer | 0 |"))
+    again = next(line for line in lines if line.startswith("| again | 0 |"))
+    assert renderer.split("|")[2:] == again.split("|")[2:]
+    assert not any(line.startswith(("| sketcher |", "| specialist |")) for line in lines)
+
+
+def test_a_bad_model_argument_is_refused_before_any_work(tiny_run, tmp_path, capsys):
+    argv = ["--result", str(tiny_run / "result"), "--steps", "2", "--starts", "0"]
+    for bad, message in (
+        ("again", "--model takes NAME=DIR"),
+        (f"x={tmp_path}", "no transformer in"),
+    ):
+        with pytest.raises(SystemExit):
+            layout_survival.main([*argv, "--model", bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="holds no painter"):
+        layout_survival.survival(tiny_run / "result", 1, [0], 2, roles=("painter",))
